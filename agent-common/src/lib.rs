@@ -1,0 +1,214 @@
+//! Types shared by the kernel programs (`agent-ebpf`) and the userspace daemon (`agent`).
+//!
+//! Every type here is `#[repr(C)]`, has only explicit padding fields, and a size checked at
+//! compile time, so that the bytes the kernel writes into the ring buffer are exactly the bytes
+//! userspace reads. With the `user` feature the types implement `aya::Pod`, which the loader needs
+//! to write globals and read maps.
+#![no_std]
+
+/// Most payload bytes copied from one syscall. The rest of a large read or write is reported as a
+/// length only (a "gap" to the stream reassembly), so parsers know how many bytes went by.
+/// A power of two: the kernel programs mask offsets with `MAX_PAYLOAD - 1` to satisfy the verifier.
+pub const MAX_PAYLOAD: usize = 4096;
+
+/// Most iovec entries looked at in one `readv`/`writev`/`recvmsg`/`sendmsg`.
+pub const MAX_IOV: usize = 8;
+
+/// `EventHeader::kind`: bytes moved through a socket.
+pub const EVENT_DATA: u32 = 1;
+/// `EventHeader::kind`: the process closed a socket it had used.
+pub const EVENT_CLOSE: u32 = 2;
+/// `EventHeader::kind`: a connection was accepted or connected (no payload).
+pub const EVENT_OPEN: u32 = 3;
+
+/// `EventHeader::direction`: the process received these bytes.
+pub const DIR_INGRESS: u8 = 1;
+/// `EventHeader::direction`: the process sent these bytes.
+pub const DIR_EGRESS: u8 = 2;
+
+/// `ConnInfo::role`: first seen mid-connection; userspace infers the role from the protocol.
+pub const ROLE_UNKNOWN: u8 = 0;
+/// `ConnInfo::role`: the socket came from `accept`/`accept4`: this process is the server.
+pub const ROLE_SERVER: u8 = 1;
+/// `ConnInfo::role`: the socket was `connect`ed: this process is the client.
+pub const ROLE_CLIENT: u8 = 2;
+
+/// `AF_INET` / `AF_INET6` as found in `sock_common.skc_family`.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Which syscall produced an event (for debugging and per-syscall statistics).
+pub mod syscall {
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+    pub const READV: u8 = 3;
+    pub const WRITEV: u8 = 4;
+    pub const RECVFROM: u8 = 5;
+    pub const SENDTO: u8 = 6;
+    pub const RECVMSG: u8 = 7;
+    pub const SENDMSG: u8 = 8;
+    pub const SENDFILE: u8 = 9;
+    pub const CONNECT: u8 = 10;
+    pub const ACCEPT: u8 = 11;
+    pub const CLOSE: u8 = 12;
+}
+
+/// Indexes of the kernel-side counters (a per-CPU array of `u64`, summed by userspace).
+/// Every event the kernel could not deliver is counted under one of these reasons.
+pub mod counter {
+    /// Events written to the ring buffer.
+    pub const EVENTS_SENT: u32 = 0;
+    /// Events lost because the ring buffer was full.
+    pub const LOST_RINGBUF_FULL: u32 = 1;
+    /// Events lost because the in-flight syscall map was full.
+    pub const LOST_INFLIGHT_FULL: u32 = 2;
+    /// Payload bytes that could not be read from user memory (event sent with no payload).
+    pub const PAYLOAD_READ_FAILED: u32 = 3;
+    /// Syscalls whose payload was longer than what was captured (not a loss: a gap of known size).
+    pub const PAYLOAD_TRUNCATED: u32 = 4;
+    /// fd lookups that failed (fd table walk returned nothing): the event was dropped.
+    pub const LOST_FD_LOOKUP: u32 = 5;
+    /// Scratch buffer unavailable (should never happen; counted so it would be seen).
+    pub const LOST_NO_SCRATCH: u32 = 6;
+    /// Number of counters.
+    pub const COUNT: u32 = 7;
+}
+
+/// What the kernel knows about one socket fd of a traced process. Cached per (tgid, fd) in an
+/// LRU map and validated against the `struct file` the fd points to, so a reused fd number is
+/// never mistaken for the old connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// `struct file *` the fd pointed to when this entry was made.
+    pub file: u64,
+    /// `struct sock *`: identifies the connection for its whole life; 0 when not a TCP socket.
+    pub sock: u64,
+    /// Local address (IPv4 in the first 4 bytes, or IPv6).
+    pub laddr: [u8; 16],
+    /// Remote address.
+    pub raddr: [u8; 16],
+    /// Local port, host byte order.
+    pub lport: u16,
+    /// Remote port, host byte order.
+    pub rport: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// One of the `ROLE_*` constants.
+    pub role: u8,
+    /// 1 when the fd is an IPv4/IPv6 TCP socket; negative entries (0) are cached too.
+    pub is_tcp: u8,
+}
+
+/// Fixed part of every ring-buffer record. `captured` payload bytes follow it directly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// One of the `EVENT_*` constants.
+    pub kind: u32,
+    /// Payload bytes following this header (at most `MAX_PAYLOAD`).
+    pub captured: u32,
+    /// Process id (thread group id).
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// The socket's file descriptor in the process.
+    pub fd: i32,
+    /// `DIR_INGRESS` or `DIR_EGRESS` (0 for open/close).
+    pub direction: u8,
+    /// One of the `syscall::*` constants.
+    pub syscall: u8,
+    pub _pad: u16,
+    /// `bpf_ktime_get_ns()` when the syscall was entered.
+    pub enter_ns: u64,
+    /// `bpf_ktime_get_ns()` when the syscall returned.
+    pub exit_ns: u64,
+    /// Bytes the syscall moved (its return value); may exceed `captured`.
+    pub len: u64,
+    /// The connection.
+    pub conn: ConnInfo,
+}
+
+/// A whole data record as assembled in the per-CPU scratch buffer before it is copied into the
+/// ring buffer. The payload area is twice `MAX_PAYLOAD` so that the kernel can append iovec
+/// fragments at a masked offset without the verifier losing track of bounds; at most
+/// `MAX_PAYLOAD` bytes are ever sent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    pub payload: [u8; MAX_PAYLOAD * 2],
+}
+
+/// Kernel struct member offsets (bytes), read from BTF by userspace at start-up and written into
+/// the programs' read-only globals before load. Rust eBPF has no CO-RE, and this is how the
+/// programs stay correct on every kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd`
+    pub fdt_fd: u32,
+    /// `file.private_data`
+    pub file_private_data: u32,
+    /// `file.f_inode`
+    pub file_inode: u32,
+    /// `inode.i_mode`
+    pub inode_mode: u32,
+    /// `socket.type`
+    pub socket_type: u32,
+    /// `socket.sk`
+    pub socket_sk: u32,
+    /// `sock.__sk_common.skc_family`
+    pub sk_family: u32,
+    /// `sock.sk_protocol`; `OFFSET_UNKNOWN` on kernels where it is a bitfield (not checked then).
+    pub sk_protocol: u32,
+    /// `sock.__sk_common.skc_rcv_saddr`
+    pub sk_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_daddr`
+    pub sk_daddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`
+    pub sk_v6_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_v6_daddr`
+    pub sk_v6_daddr: u32,
+    /// `sock.__sk_common.skc_num` (local port, host order)
+    pub sk_num: u32,
+    /// `sock.__sk_common.skc_dport` (remote port, network order)
+    pub sk_dport: u32,
+    pub _pad: u32,
+}
+
+/// Marks an offset the running kernel does not have; the kernel program skips that check.
+pub const OFFSET_UNKNOWN: u32 = u32::MAX;
+
+/// Run-time settings written into the programs' read-only globals before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// The agent's own tgid: never traced, whatever the pid map says.
+    pub agent_tgid: u32,
+    /// Payload bytes to capture per syscall (at most `MAX_PAYLOAD`).
+    pub capture_bytes: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 56);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 104);
+const _: () = assert!(core::mem::size_of::<DataEvent>() == 104 + MAX_PAYLOAD * 2);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72);
+const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+const _: () = assert!(MAX_PAYLOAD.is_power_of_two());
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], made only of integers and byte arrays, with every
+    // padding byte an explicit field (sizes asserted above), so any bit pattern is valid.
+    unsafe impl aya::Pod for super::ConnInfo {}
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::Settings {}
+}

@@ -1,0 +1,34 @@
+//! Kernel programs of the agent.
+//!
+//! Syscall tracepoints record the socket traffic of traced processes: every `sys_enter_*` program
+//! saves the arguments of a read/write-type syscall in `INFLIGHT`, and the matching `sys_exit_*`
+//! program, once the syscall has moved bytes on a TCP socket, copies a bounded payload prefix and
+//! sends it with the connection's 4-tuple through the `EVENTS` ring buffer. `connect`, `accept`,
+//! `accept4` and `close` mark connection boundaries and roles. Nothing here parses protocols:
+//! that is userspace's job.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod payload;
+#[cfg(target_arch = "bpf")]
+mod programs;
+#[cfg(target_arch = "bpf")]
+mod sock;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+/// On the host this crate is only type-checked; the real programs are built for the BPF target.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,112 @@
+//! Maps and read-only globals shared by every program. Every map is bounded; when one is full the
+//! event is counted under a `counter::*` reason instead of vanishing.
+
+use agent_common::{ConnInfo, DataEvent, KernelOffsets, Settings, counter};
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+
+/// Kernel struct offsets from BTF, written by the loader before the programs are loaded.
+#[unsafe(no_mangle)]
+pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_private_data: 0,
+    file_inode: 0,
+    inode_mode: 0,
+    socket_type: 0,
+    socket_sk: 0,
+    sk_family: 0,
+    sk_protocol: 0,
+    sk_rcv_saddr: 0,
+    sk_daddr: 0,
+    sk_v6_rcv_saddr: 0,
+    sk_v6_daddr: 0,
+    sk_num: 0,
+    sk_dport: 0,
+    _pad: 0,
+});
+
+/// Run-time settings written by the loader before load.
+#[unsafe(no_mangle)]
+pub static SETTINGS: Global<Settings> = Global::new(Settings {
+    agent_tgid: 0,
+    capture_bytes: 0,
+});
+
+/// Processes to trace (tgid → 1). Filled by userspace; a tgid not in here costs one hash lookup.
+#[map]
+pub static TRACED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 0);
+
+/// Socket events to userspace: `EventHeader` followed by `captured` payload bytes.
+/// Its size is set by the loader at start-up (`--ring-buffer-size`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Arguments of a syscall in progress, keyed by pid_tgid, from its enter to its exit tracepoint.
+#[map]
+pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(65_536, 0);
+
+/// (tgid << 32 | fd) → what that fd is. LRU: an evicted entry is simply resolved again.
+#[map]
+pub static CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Per-CPU scratch space where a record is assembled before it goes into the ring buffer
+/// (too large for the 512-byte BPF stack).
+#[map]
+pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU counters, indexed by `agent_common::counter::*`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// How a syscall passes its buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BufKind {
+    /// `buf` is a plain user buffer.
+    Plain = 0,
+    /// `buf` points to an array of `iovec` with `count` entries.
+    Iov = 1,
+    /// `buf` points to a `user_msghdr`.
+    Msg = 2,
+    /// No user buffer (sendfile): only the length is reported.
+    None = 3,
+}
+
+/// Saved arguments of a syscall between its enter and exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Inflight {
+    pub enter_ns: u64,
+    pub buf: u64,
+    pub count: u64,
+    pub fd: i32,
+    pub syscall: u8,
+    pub direction: u8,
+    pub kind: BufKind,
+    pub _pad: u8,
+}
+
+/// Adds one to a counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// True when this tgid is one the agent traces.
+#[inline(always)]
+pub fn is_traced(tgid: u32) -> bool {
+    if tgid == SETTINGS.load().agent_tgid {
+        return false;
+    }
+    // SAFETY: the value is a plain byte; a concurrent delete can only make it stale.
+    unsafe { TRACED_TGIDS.get(&tgid).is_some() }
+}

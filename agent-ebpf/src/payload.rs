@@ -1,0 +1,147 @@
+//! Building one data record: header plus a bounded copy of the user buffer, straight from a
+//! plain buffer or gathered from an iovec array, then one `bpf_ringbuf_output`.
+
+use agent_common::{DataEvent, EVENT_DATA, EventHeader, MAX_IOV, MAX_PAYLOAD, counter};
+use aya_ebpf::helpers::{bpf_probe_read_user, bpf_probe_read_user_buf};
+
+use crate::maps::{BufKind, EVENTS, Inflight, SCRATCH, SETTINGS, count};
+
+const HEADER: usize = core::mem::size_of::<EventHeader>();
+
+/// `struct iovec` as user space lays it out.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+/// Copies `want` bytes from user address `src` into the payload at `off`; returns bytes copied.
+#[inline(always)]
+fn copy_at(ev: &mut DataEvent, off: usize, src: u64, want: u64) -> usize {
+    // Bounds the verifier can see: off < MAX (mask), n <= MAX (clamp), off + n < 2 * MAX, the
+    // size of the payload area. (Masking n too would turn a full MAX copy into 0.)
+    let off = off & (MAX_PAYLOAD - 1);
+    let n = if want as usize > MAX_PAYLOAD {
+        MAX_PAYLOAD
+    } else {
+        want as usize
+    };
+    if n == 0 {
+        return 0;
+    }
+    let Some(dst) = ev.payload.get_mut(off..off + n) else {
+        return 0;
+    };
+    // SAFETY: the helper validates the user address; on failure nothing is trusted.
+    match unsafe { bpf_probe_read_user_buf(src as *const u8, dst) } {
+        Ok(()) => n,
+        Err(_) => {
+            count(counter::PAYLOAD_READ_FAILED);
+            0
+        }
+    }
+}
+
+/// Smallest of the remaining capture budget and a length.
+#[inline(always)]
+fn budget(limit: usize, used: usize, len: u64) -> u64 {
+    let left = limit.saturating_sub(used) as u64;
+    if len < left { len } else { left }
+}
+
+/// Gathers up to `limit` bytes from an iovec array of `count` entries.
+#[inline(always)]
+fn copy_iov(ev: &mut DataEvent, iov: u64, iovcnt: u64, limit: usize) -> usize {
+    let mut used = 0usize;
+    for i in 0..MAX_IOV {
+        if i as u64 >= iovcnt || used >= limit {
+            break;
+        }
+        // SAFETY: user memory read through the checked helper.
+        let Ok(v) = (unsafe { bpf_probe_read_user((iov + (i * 16) as u64) as *const Iovec) })
+        else {
+            count(counter::PAYLOAD_READ_FAILED);
+            break;
+        };
+        let want = budget(limit, used, v.len);
+        let got = copy_at(ev, used, v.base, want);
+        used += got;
+        if (got as u64) < v.len {
+            // A partial iovec ends the contiguous prefix: later bytes would not follow it.
+            break;
+        }
+    }
+    used
+}
+
+/// Sends one data record for a finished syscall that moved `ret` bytes on the connection `conn`.
+#[inline(always)]
+pub fn emit_data(args: &Inflight, header: EventHeader, ret: u64) {
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+        count(counter::LOST_NO_SCRATCH);
+        return;
+    };
+    // SAFETY: per-CPU scratch entry, used by this program only until it returns.
+    let ev = unsafe { &mut *ev };
+    ev.header = header;
+
+    let limit = {
+        let configured = SETTINGS.load().capture_bytes as usize;
+        let cap = if configured > MAX_PAYLOAD || configured == 0 {
+            MAX_PAYLOAD
+        } else {
+            configured
+        };
+        if (ret as usize) < cap {
+            ret as usize
+        } else {
+            cap
+        }
+    };
+    let captured = match args.kind {
+        BufKind::Plain => copy_at(ev, 0, args.buf, limit as u64),
+        BufKind::Iov => copy_iov(ev, args.buf, args.count, limit),
+        BufKind::Msg => {
+            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (user ABI, fixed per arch).
+            // SAFETY: user memory read through the checked helper.
+            let iov = unsafe { bpf_probe_read_user((args.buf + 16) as *const u64) };
+            let iovlen = unsafe { bpf_probe_read_user((args.buf + 24) as *const u64) };
+            match (iov, iovlen) {
+                (Ok(iov), Ok(iovlen)) => copy_iov(ev, iov, iovlen, limit),
+                _ => {
+                    count(counter::PAYLOAD_READ_FAILED);
+                    0
+                }
+            }
+        }
+        BufKind::None => 0,
+    };
+    if (captured as u64) < ret {
+        count(counter::PAYLOAD_TRUNCATED);
+    }
+    ev.header.captured = captured as u32;
+    ev.header.kind = EVENT_DATA;
+    send(ev, captured);
+}
+
+/// Copies the assembled record (header + `captured` bytes) into the ring buffer.
+#[inline(always)]
+pub fn send(ev: &DataEvent, captured: usize) {
+    let size = HEADER + (captured & (MAX_PAYLOAD * 2 - 1));
+    // SAFETY: `size` never exceeds the size of `DataEvent` (masked above).
+    let bytes = unsafe { core::slice::from_raw_parts(ev as *const DataEvent as *const u8, size) };
+    match EVENTS.output::<[u8]>(bytes, 0) {
+        Ok(()) => count(counter::EVENTS_SENT),
+        Err(_) => count(counter::LOST_RINGBUF_FULL),
+    }
+}
+
+/// Sends a record with no payload (open and close of a connection).
+#[inline(always)]
+pub fn emit_header(header: EventHeader) {
+    match EVENTS.output::<EventHeader>(header, 0) {
+        Ok(()) => count(counter::EVENTS_SENT),
+        Err(_) => count(counter::LOST_RINGBUF_FULL),
+    }
+}

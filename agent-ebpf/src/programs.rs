@@ -1,0 +1,317 @@
+//! The tracepoint programs, one pair per syscall. Syscall tracepoints have a fixed layout on every
+//! kernel (`struct syscall_trace_enter/exit`): arguments start at byte 16, 8 bytes each, and the
+//! return value of `sys_exit_*` sits at byte 16.
+
+use agent_common::{
+    DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_OPEN, EventHeader, ROLE_CLIENT, ROLE_SERVER,
+    counter, syscall,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+
+use crate::{
+    maps::{BufKind, CONNS, INFLIGHT, Inflight, count, is_traced},
+    payload::{emit_data, emit_header},
+    sock::{conn_key, establish, lookup},
+};
+
+const EINPROGRESS: i64 = 115;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: reading the tracepoint record; arguments are at 16 + 8 * n.
+    unsafe { ctx.read_at::<u64>(16 + 8 * n) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: the return value of a sys_exit record is at 16.
+    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
+}
+
+/// Saves the arguments of a syscall of a traced process until its exit.
+#[inline(always)]
+fn enter(ctx: &TracePointContext, sc: u8, direction: u8, kind: BufKind, buf_arg: usize) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let args = Inflight {
+        // SAFETY: helper without preconditions.
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        fd: arg(ctx, 0) as i32,
+        buf: arg(ctx, buf_arg),
+        count: arg(ctx, buf_arg + 1),
+        syscall: sc,
+        direction,
+        kind,
+        _pad: 0,
+    };
+    if INFLIGHT.insert(&pid_tgid, &args, 0).is_err() {
+        count(counter::LOST_INFLIGHT_FULL);
+    }
+    0
+}
+
+/// Sends the bytes a finished syscall moved, if it moved any on a TCP socket.
+#[inline(always)]
+fn exit(ctx: &TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: plain-old-data value copied out immediately.
+    let Some(args) = (unsafe { INFLIGHT.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = INFLIGHT.remove(&pid_tgid);
+    let r = ret(ctx);
+    if r <= 0 {
+        return 0;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(conn) = lookup(tgid, args.fd) else {
+        count(counter::LOST_FD_LOOKUP);
+        return 0;
+    };
+    if conn.is_tcp == 0 {
+        return 0;
+    }
+    let header = EventHeader {
+        tgid,
+        tid: pid_tgid as u32,
+        fd: args.fd,
+        direction: args.direction,
+        syscall: args.syscall,
+        enter_ns: args.enter_ns,
+        // SAFETY: helper without preconditions.
+        exit_ns: unsafe { bpf_ktime_get_ns() },
+        len: r as u64,
+        conn,
+        ..EventHeader::default()
+    };
+    emit_data(&args, header, r as u64);
+    0
+}
+
+/// Announces a connection whose role is known (accepted or connected).
+#[inline(always)]
+fn opened(pid_tgid: u64, fd: i32, role: u8, sc: u8, enter_ns: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(conn) = establish(tgid, fd, role) else {
+        count(counter::LOST_FD_LOOKUP);
+        return;
+    };
+    if conn.is_tcp == 0 {
+        return;
+    }
+    emit_header(EventHeader {
+        kind: EVENT_OPEN,
+        tgid,
+        tid: pid_tgid as u32,
+        fd,
+        syscall: sc,
+        enter_ns,
+        // SAFETY: helper without preconditions.
+        exit_ns: unsafe { bpf_ktime_get_ns() },
+        conn,
+        ..EventHeader::default()
+    });
+}
+
+macro_rules! data_syscall {
+    ($enter:ident, $exit:ident, $sc:expr, $dir:expr, $kind:expr, $buf_arg:expr) => {
+        #[doc = concat!("`syscalls/", stringify!($enter), "`: saves the arguments of a traced process's call.")]
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            enter(&ctx, $sc, $dir, $kind, $buf_arg)
+        }
+
+        #[doc = concat!("`syscalls/", stringify!($exit), "`: sends the bytes it moved on a TCP socket.")]
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            exit(&ctx)
+        }
+    };
+}
+
+data_syscall!(
+    sys_enter_read,
+    sys_exit_read,
+    syscall::READ,
+    DIR_INGRESS,
+    BufKind::Plain,
+    1
+);
+data_syscall!(
+    sys_enter_write,
+    sys_exit_write,
+    syscall::WRITE,
+    DIR_EGRESS,
+    BufKind::Plain,
+    1
+);
+data_syscall!(
+    sys_enter_readv,
+    sys_exit_readv,
+    syscall::READV,
+    DIR_INGRESS,
+    BufKind::Iov,
+    1
+);
+data_syscall!(
+    sys_enter_writev,
+    sys_exit_writev,
+    syscall::WRITEV,
+    DIR_EGRESS,
+    BufKind::Iov,
+    1
+);
+data_syscall!(
+    sys_enter_recvfrom,
+    sys_exit_recvfrom,
+    syscall::RECVFROM,
+    DIR_INGRESS,
+    BufKind::Plain,
+    1
+);
+data_syscall!(
+    sys_enter_sendto,
+    sys_exit_sendto,
+    syscall::SENDTO,
+    DIR_EGRESS,
+    BufKind::Plain,
+    1
+);
+data_syscall!(
+    sys_enter_recvmsg,
+    sys_exit_recvmsg,
+    syscall::RECVMSG,
+    DIR_INGRESS,
+    BufKind::Msg,
+    1
+);
+data_syscall!(
+    sys_enter_sendmsg,
+    sys_exit_sendmsg,
+    syscall::SENDMSG,
+    DIR_EGRESS,
+    BufKind::Msg,
+    1
+);
+// sendfile(out_fd, in_fd, offset, count): the bytes come from a file, so only their count is sent.
+data_syscall!(
+    sys_enter_sendfile64,
+    sys_exit_sendfile64,
+    syscall::SENDFILE,
+    DIR_EGRESS,
+    BufKind::None,
+    1
+);
+
+/// `syscalls/sys_enter_connect`: remembers which fd a traced process connects.
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    enter(&ctx, syscall::CONNECT, 0, BufKind::None, 1)
+}
+
+/// `syscalls/sys_exit_connect`: the fd is now a client connection (also when still in progress).
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: plain-old-data value copied out immediately.
+    let Some(args) = (unsafe { INFLIGHT.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = INFLIGHT.remove(&pid_tgid);
+    let r = ret(&ctx);
+    if r == 0 || r == -EINPROGRESS {
+        opened(
+            pid_tgid,
+            args.fd,
+            ROLE_CLIENT,
+            syscall::CONNECT,
+            args.enter_ns,
+        );
+    }
+    0
+}
+
+/// `syscalls/sys_enter_accept`: remembers the call's start time.
+#[tracepoint]
+pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    enter(&ctx, syscall::ACCEPT, 0, BufKind::None, 1)
+}
+
+/// `syscalls/sys_enter_accept4`: remembers the call's start time.
+#[tracepoint]
+pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
+    enter(&ctx, syscall::ACCEPT, 0, BufKind::None, 1)
+}
+
+#[inline(always)]
+fn accepted(ctx: &TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: plain-old-data value copied out immediately.
+    let Some(args) = (unsafe { INFLIGHT.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = INFLIGHT.remove(&pid_tgid);
+    let r = ret(ctx);
+    if r >= 0 {
+        opened(
+            pid_tgid,
+            r as i32,
+            ROLE_SERVER,
+            syscall::ACCEPT,
+            args.enter_ns,
+        );
+    }
+    0
+}
+
+/// `syscalls/sys_exit_accept`: the returned fd is a server-side connection.
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    accepted(&ctx)
+}
+
+/// `syscalls/sys_exit_accept4`: the returned fd is a server-side connection.
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    accepted(&ctx)
+}
+
+/// `syscalls/sys_enter_close`: a traced TCP connection ends; userspace flushes its state.
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_traced(tgid) {
+        return 0;
+    }
+    let fd = arg(&ctx, 0) as i32;
+    let key = conn_key(tgid, fd);
+    // SAFETY: plain-old-data value copied out immediately.
+    let Some(conn) = (unsafe { CONNS.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = CONNS.remove(&key);
+    if conn.is_tcp == 0 {
+        return 0;
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit_header(EventHeader {
+        kind: EVENT_CLOSE,
+        tgid,
+        tid: pid_tgid as u32,
+        fd,
+        syscall: syscall::CLOSE,
+        enter_ns: now,
+        exit_ns: now,
+        conn,
+        ..EventHeader::default()
+    });
+    0
+}

@@ -1,0 +1,137 @@
+//! From a file descriptor of the current task to its TCP connection: walks
+//! `task_struct → files → fdt → fd[fd] → file → socket → sock` with offsets the loader read from
+//! BTF. The result is cached in `CONNS` and revalidated against the `struct file` pointer, so a
+//! closed-and-reused fd number is never taken for the old connection.
+
+use agent_common::{AF_INET, AF_INET6, ConnInfo, OFFSET_UNKNOWN, ROLE_UNKNOWN};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+
+use crate::maps::{CONNS, OFFSETS};
+
+const S_IFMT: u16 = 0o170_000;
+const S_IFSOCK: u16 = 0o140_000;
+const SOCK_STREAM: i16 = 1;
+const IPPROTO_TCP: u16 = 6;
+
+#[inline(always)]
+fn read<T>(base: u64, offset: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad pointer only yields an error.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
+}
+
+/// The `struct file *` behind `fd` in the current task, or `None`.
+#[inline(always)]
+pub fn fd_to_file(fd: i32) -> Option<u64> {
+    if fd < 0 {
+        return None;
+    }
+    let off = OFFSETS.load();
+    // SAFETY: the helper only returns the current task pointer.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, off.task_files)?;
+    let fdt: u64 = read(files, off.files_fdt)?;
+    let max_fds: u32 = read(fdt, off.fdt_max_fds)?;
+    if fd as u32 >= max_fds {
+        return None;
+    }
+    let fd_array: u64 = read(fdt, off.fdt_fd)?;
+    let file: u64 = read(fd_array, (fd as u32) * 8)?;
+    if file == 0 { None } else { Some(file) }
+}
+
+/// Decodes the socket behind `file`. Non-TCP files give an entry with `is_tcp == 0`.
+#[inline(always)]
+pub fn resolve(file: u64, role: u8) -> ConnInfo {
+    let mut info = ConnInfo {
+        file,
+        role,
+        ..ConnInfo::default()
+    };
+    let off = OFFSETS.load();
+    let Some(inode) = read::<u64>(file, off.file_inode) else {
+        return info;
+    };
+    let Some(mode) = read::<u16>(inode, off.inode_mode) else {
+        return info;
+    };
+    if mode & S_IFMT != S_IFSOCK {
+        return info;
+    }
+    let Some(socket) = read::<u64>(file, off.file_private_data) else {
+        return info;
+    };
+    let Some(sock_type) = read::<i16>(socket, off.socket_type) else {
+        return info;
+    };
+    if sock_type != SOCK_STREAM {
+        return info;
+    }
+    let Some(sk) = read::<u64>(socket, off.socket_sk) else {
+        return info;
+    };
+    let Some(family) = read::<u16>(sk, off.sk_family) else {
+        return info;
+    };
+    if family != AF_INET && family != AF_INET6 {
+        return info;
+    }
+    if off.sk_protocol != OFFSET_UNKNOWN {
+        match read::<u16>(sk, off.sk_protocol) {
+            Some(IPPROTO_TCP) => {}
+            _ => return info,
+        }
+    }
+    let base = sk as *const u8;
+    // SAFETY (all reads below): probe reads of kernel memory; failures leave zeroes.
+    unsafe {
+        if family == AF_INET {
+            let _ = bpf_probe_read_kernel_buf(
+                base.add(off.sk_rcv_saddr as usize),
+                &mut info.laddr[..4],
+            );
+            let _ =
+                bpf_probe_read_kernel_buf(base.add(off.sk_daddr as usize), &mut info.raddr[..4]);
+        } else {
+            let _ =
+                bpf_probe_read_kernel_buf(base.add(off.sk_v6_rcv_saddr as usize), &mut info.laddr);
+            let _ = bpf_probe_read_kernel_buf(base.add(off.sk_v6_daddr as usize), &mut info.raddr);
+        }
+    }
+    info.lport = read::<u16>(sk, off.sk_num).unwrap_or(0);
+    info.rport = u16::from_be(read::<u16>(sk, off.sk_dport).unwrap_or(0));
+    info.family = family;
+    info.sock = sk;
+    info.is_tcp = 1;
+    info
+}
+
+#[inline(always)]
+pub fn conn_key(tgid: u32, fd: i32) -> u64 {
+    ((tgid as u64) << 32) | (fd as u32 as u64)
+}
+
+/// The cached connection for (tgid, fd), resolved afresh when the fd now points to another file.
+/// Returns `None` when the fd cannot be looked up at all.
+#[inline(always)]
+pub fn lookup(tgid: u32, fd: i32) -> Option<ConnInfo> {
+    let file = fd_to_file(fd)?;
+    let key = conn_key(tgid, fd);
+    // SAFETY: plain-old-data value copied out immediately.
+    if let Some(cached) = unsafe { CONNS.get(&key) } {
+        if cached.file == file {
+            return Some(*cached);
+        }
+    }
+    let info = resolve(file, ROLE_UNKNOWN);
+    let _ = CONNS.insert(&key, &info, 0);
+    Some(info)
+}
+
+/// Resolves (tgid, fd) now, as a connection of the given role (after accept or connect).
+#[inline(always)]
+pub fn establish(tgid: u32, fd: i32, role: u8) -> Option<ConnInfo> {
+    let file = fd_to_file(fd)?;
+    let info = resolve(file, role);
+    let _ = CONNS.insert(&conn_key(tgid, fd), &info, 0);
+    Some(info)
+}

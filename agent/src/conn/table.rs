@@ -1,0 +1,429 @@
+//! The table of live connections. Each socket event lands on its connection: data goes into the
+//! direction's [`Stream`], the connection's role is settled (from accept/connect, or from which
+//! side sends requests), its protocol detected, and the parser's exchanges handed out together
+//! with who talked to whom.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use agent_common::{AF_INET, ConnInfo, ROLE_CLIENT, ROLE_SERVER};
+
+use super::{Stream, SyscallTime};
+use crate::{
+    capture::{Direction, EventKind, SocketEvent},
+    protocol::http1::{self, Exchange, Http1, Looks},
+    stats::Stats,
+};
+
+/// Which end of the connection the traced process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// It accepted the connection: it receives requests.
+    Server,
+    /// It connected: it sends requests.
+    Client,
+}
+
+/// Identity of a connection: the process, its fd, and the kernel socket (so a reused fd number
+/// starts a new connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: i32,
+    pub sock: u64,
+}
+
+/// An address and port.
+pub type Endpoint = SocketAddr;
+
+/// Both ends of a connection, seen from the traced process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub local: Endpoint,
+    pub remote: Endpoint,
+}
+
+/// An exchange with the connection it travelled on.
+#[derive(Debug, Clone)]
+pub struct ConnExchange {
+    pub tgid: u32,
+    pub role: Role,
+    pub peer: Peer,
+    pub exchange: Exchange,
+}
+
+/// Protocol state of a connection.
+#[derive(Debug)]
+enum Proto {
+    /// Not yet known; `tries` counts syscall starts that did not look like HTTP.
+    Detecting {
+        tries: u8,
+    },
+    Http1(Box<Http1>),
+    /// Not a protocol the agent parses: its bytes are dropped on arrival.
+    Other,
+}
+
+/// Syscall starts examined on a connection first seen mid-stream before giving up on it.
+const MAX_DETECT_TRIES: u8 = 8;
+
+#[derive(Debug)]
+struct Conn {
+    role: Option<Role>,
+    /// Seen from its start (accept/connect), so its first bytes start a message.
+    from_start: bool,
+    peer: Peer,
+    ingress: Stream,
+    egress: Stream,
+    proto: Proto,
+    last_ns: u64,
+}
+
+/// Limits of the table.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections tracked at once; the least recently active is evicted beyond it.
+    pub max_conns: usize,
+    /// Most captured bytes buffered per direction of a connection.
+    pub stream_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_conns: 16_384,
+            stream_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// All live connections of the traced processes.
+#[derive(Debug)]
+pub struct ConnTable {
+    conns: HashMap<ConnKey, Conn>,
+    /// (tgid, fd) → the socket it currently refers to.
+    fds: HashMap<(u32, i32), u64>,
+    limits: Limits,
+}
+
+/// Converts the kernel's address bytes.
+fn endpoint(family: u16, addr: &[u8; 16], port: u16) -> Endpoint {
+    let ip = if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    } else {
+        let v6 = Ipv6Addr::from(*addr);
+        // An IPv4 peer of a dual-stack socket is shown as IPv4, as users expect.
+        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+    };
+    SocketAddr::new(ip, port)
+}
+
+fn peer_of(info: &ConnInfo) -> Peer {
+    Peer {
+        local: endpoint(info.family, &info.laddr, info.lport),
+        remote: endpoint(info.family, &info.raddr, info.rport),
+    }
+}
+
+fn role_of(info: &ConnInfo) -> Option<Role> {
+    match info.role {
+        ROLE_SERVER => Some(Role::Server),
+        ROLE_CLIENT => Some(Role::Client),
+        _ => None,
+    }
+}
+
+impl ConnTable {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            conns: HashMap::new(),
+            fds: HashMap::new(),
+            limits,
+        }
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Applies one event; completed exchanges are appended to `out`.
+    pub fn handle(&mut self, ev: &SocketEvent, stats: &Stats, out: &mut Vec<ConnExchange>) {
+        let key = ConnKey {
+            tgid: ev.tgid,
+            fd: ev.fd,
+            sock: ev.conn.sock,
+        };
+        // A new socket behind a known fd: the old connection is over.
+        if let Some(old) = self.fds.insert((ev.tgid, ev.fd), ev.conn.sock)
+            && old != ev.conn.sock
+        {
+            self.remove(ConnKey { sock: old, ..key }, stats, out);
+        }
+        match &ev.kind {
+            EventKind::Open => {
+                self.remove(key, stats, out);
+                self.insert(key, ev, true, stats, out);
+            }
+            EventKind::Close => {
+                if let Some(conn) = self.conns.get_mut(&key) {
+                    conn.last_ns = ev.exit_ns;
+                }
+                self.fds.remove(&(ev.tgid, ev.fd));
+                self.remove(key, stats, out);
+            }
+            EventKind::Data { direction } => {
+                if !self.conns.contains_key(&key) {
+                    self.insert(key, ev, false, stats, out);
+                }
+                let Some(conn) = self.conns.get_mut(&key) else {
+                    return;
+                };
+                conn.last_ns = ev.exit_ns;
+                if matches!(conn.proto, Proto::Other) {
+                    return;
+                }
+                let time = SyscallTime {
+                    enter_ns: ev.enter_ns,
+                    exit_ns: ev.exit_ns,
+                    tid: ev.tid,
+                };
+                let stream = match direction {
+                    Direction::Ingress => &mut conn.ingress,
+                    Direction::Egress => &mut conn.egress,
+                };
+                let dropped = stream.push(&ev.payload, ev.len, time);
+                stats.add(&stats.stream_bytes_dropped, dropped as u64);
+                conn.process(ev.tgid, stats, out);
+            }
+        }
+    }
+
+    /// Ends every connection (at shutdown): responses delimited by close are completed.
+    pub fn close_all(&mut self, stats: &Stats, out: &mut Vec<ConnExchange>) {
+        let keys: Vec<_> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.remove(key, stats, out);
+        }
+        self.fds.clear();
+    }
+
+    /// Drops connections idle since before `cutoff_ns` (monotonic) or whose process is gone.
+    pub fn expire(
+        &mut self,
+        cutoff_ns: u64,
+        alive: impl Fn(u32) -> bool,
+        stats: &Stats,
+        out: &mut Vec<ConnExchange>,
+    ) {
+        let stale: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|(k, c)| c.last_ns < cutoff_ns || !alive(k.tgid))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            self.fds.remove(&(key.tgid, key.fd));
+            self.remove(key, stats, out);
+        }
+    }
+
+    fn insert(
+        &mut self,
+        key: ConnKey,
+        ev: &SocketEvent,
+        from_start: bool,
+        stats: &Stats,
+        out: &mut Vec<ConnExchange>,
+    ) {
+        if self.conns.len() >= self.limits.max_conns
+            && let Some(oldest) = self
+                .conns
+                .iter()
+                .min_by_key(|(_, c)| c.last_ns)
+                .map(|(k, _)| *k)
+        {
+            stats.inc(&stats.conns_evicted);
+            self.remove(oldest, stats, out);
+        }
+        self.conns.insert(
+            key,
+            Conn {
+                role: role_of(&ev.conn),
+                from_start,
+                peer: peer_of(&ev.conn),
+                ingress: Stream::new(self.limits.stream_bytes),
+                egress: Stream::new(self.limits.stream_bytes),
+                proto: Proto::Detecting { tries: 0 },
+                last_ns: ev.exit_ns,
+            },
+        );
+    }
+
+    fn remove(&mut self, key: ConnKey, stats: &Stats, out: &mut Vec<ConnExchange>) {
+        if let Some(mut conn) = self.conns.remove(&key) {
+            conn.close(key.tgid, stats, out);
+        }
+    }
+}
+
+impl Conn {
+    /// The streams carrying requests and responses, once the role is known.
+    fn sides(&mut self) -> Option<(&mut Stream, &mut Stream)> {
+        match self.role? {
+            Role::Server => Some((&mut self.ingress, &mut self.egress)),
+            Role::Client => Some((&mut self.egress, &mut self.ingress)),
+        }
+    }
+
+    fn process(&mut self, tgid: u32, stats: &Stats, out: &mut Vec<ConnExchange>) {
+        if let Proto::Detecting { .. } = self.proto {
+            self.detect(stats);
+        }
+        let role = self.role;
+        let peer = self.peer;
+        let mut exchanges = Vec::new();
+        if let Proto::Http1(http) = &mut self.proto {
+            let (req, resp) = match role {
+                Some(Role::Server) => (&mut self.ingress, &mut self.egress),
+                Some(Role::Client) => (&mut self.egress, &mut self.ingress),
+                None => return,
+            };
+            http.feed_requests(req, stats);
+            http.feed_responses(resp, stats, &mut exchanges);
+            if http.is_tunnel() {
+                self.proto = Proto::Other;
+                self.ingress.clear();
+                self.egress.clear();
+            }
+        }
+        if let Some(role) = role {
+            out.extend(exchanges.into_iter().map(|exchange| ConnExchange {
+                tgid,
+                role,
+                peer,
+                exchange,
+            }));
+        }
+    }
+
+    /// Settles role and protocol from the first bytes.
+    fn detect(&mut self, stats: &Stats) {
+        loop {
+            if self.role.is_none() {
+                self.role = match (
+                    http1::looks_like(self.ingress.head()),
+                    http1::looks_like(self.egress.head()),
+                ) {
+                    (Looks::Request, _) | (_, Looks::Response) => Some(Role::Server),
+                    (_, Looks::Request) | (Looks::Response, _) => Some(Role::Client),
+                    _ => None,
+                };
+            }
+            let from_start = self.from_start;
+            let Some((req, resp)) = self.sides() else {
+                // Neither side says anything yet: forget bytes that cannot start a message.
+                self.skip_undecidable(stats);
+                return;
+            };
+            // Responses seen before any request cannot be paired.
+            resp.clear();
+            if req.available() == 0 {
+                return;
+            }
+            let verdict = if req.at_syscall_start() {
+                http1::looks_like(req.head())
+            } else {
+                Looks::NotHttp
+            };
+            match verdict {
+                Looks::Request => {
+                    self.proto = Proto::Http1(Box::default());
+                    return;
+                }
+                Looks::Undecided => return,
+                Looks::Response | Looks::NotHttp => {
+                    if from_start || !self.note_failed_try(stats) {
+                        self.give_up(stats);
+                        return;
+                    }
+                    if let Some((req, _)) = self.sides()
+                        && !req.skip_to_next_syscall()
+                    {
+                        req.clear();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a failed detection try; false once the connection has had too many.
+    fn note_failed_try(&mut self, _stats: &Stats) -> bool {
+        if let Proto::Detecting { tries } = &mut self.proto {
+            *tries += 1;
+            *tries < MAX_DETECT_TRIES
+        } else {
+            false
+        }
+    }
+
+    /// Role unknown and nothing looks like HTTP yet.
+    fn skip_undecidable(&mut self, stats: &Stats) {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let s = match dir {
+                Direction::Ingress => &mut self.ingress,
+                Direction::Egress => &mut self.egress,
+            };
+            if s.available() > 0 && http1::looks_like(s.head()) == Looks::NotHttp {
+                if self.from_start
+                    || !matches!(self.proto, Proto::Detecting { tries } if tries + 1 < MAX_DETECT_TRIES)
+                {
+                    self.give_up(stats);
+                    return;
+                }
+                if let Proto::Detecting { tries } = &mut self.proto {
+                    *tries += 1;
+                }
+                let s = match dir {
+                    Direction::Ingress => &mut self.ingress,
+                    Direction::Egress => &mut self.egress,
+                };
+                if !s.skip_to_next_syscall() {
+                    s.clear();
+                }
+            }
+        }
+    }
+
+    fn give_up(&mut self, stats: &Stats) {
+        stats.inc(&stats.conns_not_http);
+        self.proto = Proto::Other;
+        self.ingress.clear();
+        self.egress.clear();
+    }
+
+    fn close(&mut self, tgid: u32, stats: &Stats, out: &mut Vec<ConnExchange>) {
+        let (Some(role), Proto::Http1(http)) = (self.role, &mut self.proto) else {
+            return;
+        };
+        let mut exchanges = Vec::new();
+        http.close(stats, &mut exchanges);
+        out.extend(exchanges.into_iter().map(|exchange| ConnExchange {
+            tgid,
+            role,
+            peer: self.peer,
+            exchange,
+        }));
+    }
+}
+
+#[cfg(test)]
+#[path = "table_tests.rs"]
+mod tests;

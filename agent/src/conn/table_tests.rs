@@ -1,0 +1,147 @@
+use agent_common::{AF_INET6, ROLE_UNKNOWN};
+
+use super::*;
+
+fn info(sock: u64, role: u8) -> ConnInfo {
+    let mut laddr = [0u8; 16];
+    laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    let mut raddr = [0u8; 16];
+    raddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+    ConnInfo {
+        file: 1,
+        sock,
+        laddr,
+        raddr,
+        lport: 8080,
+        rport: 40000,
+        family: AF_INET,
+        role,
+        is_tcp: 1,
+    }
+}
+
+fn ev(kind: EventKind, fd: i32, conn: ConnInfo, payload: &[u8], at: u64) -> SocketEvent {
+    SocketEvent {
+        kind,
+        tgid: 42,
+        tid: 43,
+        fd,
+        enter_ns: at,
+        exit_ns: at + 1,
+        len: payload.len() as u64,
+        conn,
+        payload: payload.to_vec(),
+    }
+}
+
+fn data(dir: Direction, fd: i32, conn: ConnInfo, payload: &[u8], at: u64) -> SocketEvent {
+    ev(EventKind::Data { direction: dir }, fd, conn, payload, at)
+}
+
+const REQ: &[u8] = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+#[test]
+fn accepted_connection_gives_server_exchange() {
+    let mut t = ConnTable::new(Limits::default());
+    let s = Stats::default();
+    let mut out = Vec::new();
+    let c = info(1, ROLE_SERVER);
+    t.handle(&ev(EventKind::Open, 5, c, b"", 1), &s, &mut out);
+    t.handle(&data(Direction::Ingress, 5, c, REQ, 2), &s, &mut out);
+    t.handle(&data(Direction::Egress, 5, c, RESP, 3), &s, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].role, Role::Server);
+    assert_eq!(out[0].peer.local, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(out[0].peer.remote, "127.0.0.2:40000".parse().unwrap());
+    assert_eq!(out[0].exchange.request.first.exit_ns, 3);
+    t.handle(&ev(EventKind::Close, 5, c, b"", 4), &s, &mut out);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn role_inferred_mid_stream() {
+    let mut t = ConnTable::new(Limits::default());
+    let s = Stats::default();
+    let mut out = Vec::new();
+    let c = info(1, ROLE_UNKNOWN);
+    // Tail of an earlier body, then a request written by the process: it is a client.
+    t.handle(
+        &data(Direction::Ingress, 5, c, b"dy of something", 1),
+        &s,
+        &mut out,
+    );
+    t.handle(&data(Direction::Egress, 5, c, REQ, 2), &s, &mut out);
+    t.handle(&data(Direction::Ingress, 5, c, RESP, 3), &s, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].role, Role::Client);
+}
+
+#[test]
+fn reused_fd_starts_a_new_connection() {
+    let mut t = ConnTable::new(Limits::default());
+    let s = Stats::default();
+    let mut out = Vec::new();
+    let a = info(1, ROLE_SERVER);
+    let b = info(2, ROLE_SERVER);
+    t.handle(&ev(EventKind::Open, 5, a, b"", 1), &s, &mut out);
+    t.handle(&data(Direction::Ingress, 5, a, REQ, 2), &s, &mut out);
+    // fd 5 now refers to another socket, whose response must not pair with a's request.
+    t.handle(&ev(EventKind::Open, 5, b, b"", 3), &s, &mut out);
+    t.handle(&data(Direction::Egress, 5, b, RESP, 4), &s, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(t.len(), 1);
+}
+
+#[test]
+fn non_http_connection_is_ignored() {
+    let mut t = ConnTable::new(Limits::default());
+    let s = Stats::default();
+    let mut out = Vec::new();
+    let c = info(1, ROLE_CLIENT);
+    t.handle(&ev(EventKind::Open, 5, c, b"", 1), &s, &mut out);
+    t.handle(
+        &data(Direction::Egress, 5, c, b"*1\r\n$4\r\nPING\r\n", 2),
+        &s,
+        &mut out,
+    );
+    t.handle(&data(Direction::Egress, 5, c, REQ, 3), &s, &mut out);
+    t.handle(&data(Direction::Ingress, 5, c, RESP, 4), &s, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(
+        s.conns_not_http.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn ipv4_mapped_ipv6_shown_as_ipv4() {
+    let mut c = info(1, ROLE_SERVER);
+    c.family = AF_INET6;
+    c.laddr = std::net::Ipv4Addr::new(10, 0, 0, 1)
+        .to_ipv6_mapped()
+        .octets();
+    c.raddr = std::net::Ipv6Addr::LOCALHOST.octets();
+    let p = peer_of(&c);
+    assert_eq!(p.local, "10.0.0.1:8080".parse().unwrap());
+    assert_eq!(p.remote, "[::1]:40000".parse().unwrap());
+}
+
+#[test]
+fn table_is_bounded() {
+    let mut t = ConnTable::new(Limits {
+        max_conns: 4,
+        stream_bytes: 1024,
+    });
+    let s = Stats::default();
+    let mut out = Vec::new();
+    for i in 0..10 {
+        let c = info(100 + i, ROLE_SERVER);
+        t.handle(&ev(EventKind::Open, i as i32, c, b"", i), &s, &mut out);
+    }
+    assert_eq!(t.len(), 4);
+    assert_eq!(
+        s.conns_evicted.load(std::sync::atomic::Ordering::Relaxed),
+        6
+    );
+}

@@ -1,0 +1,309 @@
+//! OTLP export through `opentelemetry-otlp`, gRPC or http/protobuf, configured by the standard
+//! `OTEL_EXPORTER_OTLP_*` variables (or `--otlp-endpoint`).
+//!
+//! One agent traces many processes, and each is its own OpenTelemetry resource (service.name,
+//! process.pid, ...). An OTLP exporter carries one resource, so the agent keeps one exporter per
+//! traced process (bounded), groups each batch by process, and sends each group through its
+//! process's exporter. Batching follows `OTEL_BSP_SCHEDULE_DELAY` and
+//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
+
+use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use opentelemetry::{
+    InstrumentationScope, KeyValue,
+    trace::{
+        SpanContext, SpanId, SpanKind as OtelKind, Status as OtelStatus, TraceFlags, TraceId,
+        TraceState,
+    },
+};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig as _};
+use opentelemetry_sdk::{
+    Resource,
+    trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks},
+};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::{
+    process::ProcessInfo,
+    stats::Stats,
+    trace::{Span, SpanKind, Status, Value},
+};
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl Protocol {
+    /// Parses an `OTEL_EXPORTER_OTLP_PROTOCOL` value.
+    pub fn parse(value: &str) -> Result<Self> {
+        match value.trim() {
+            "grpc" => Ok(Protocol::Grpc),
+            "http/protobuf" => Ok(Protocol::HttpProtobuf),
+            "http/json" => {
+                bail!("OTLP protocol http/json is not supported; use grpc or http/protobuf")
+            }
+            other => bail!("unknown OTLP protocol {other:?}; use grpc or http/protobuf"),
+        }
+    }
+}
+
+/// Resolved OTLP settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Endpoint given on the command line (like `OTEL_EXPORTER_OTLP_ENDPOINT`); `None` lets the
+    /// exporter read the environment.
+    pub endpoint: Option<String>,
+    pub protocol: Protocol,
+    pub batch_delay: Duration,
+    pub batch_size: usize,
+    /// Most traced processes with an exporter of their own at once.
+    pub max_exporters: usize,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn env_number(name: &str, default: u64) -> Result<u64> {
+    match env(name) {
+        Some(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a number")),
+        None => Ok(default),
+    }
+}
+
+impl Config {
+    /// OTLP settings from the flag and the environment, or `None` when no endpoint is configured
+    /// anywhere (spans then go to stdout).
+    pub fn from_env(
+        flag_endpoint: Option<&str>,
+        flag_protocol: Option<&str>,
+    ) -> Result<Option<Self>> {
+        let env_endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        let exporter = env("OTEL_TRACES_EXPORTER");
+        let wants_otlp = exporter
+            .as_deref()
+            .is_some_and(|e| e.split(',').any(|e| e.trim() == "otlp"));
+        if flag_endpoint.is_none() && env_endpoint.is_none() && !wants_otlp {
+            return Ok(None);
+        }
+        let named = flag_protocol
+            .map(str::to_string)
+            .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
+            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        let protocol = match named {
+            Some(p) => Protocol::parse(&p)?,
+            // The spec's default is http/protobuf; an endpoint on the gRPC port means gRPC.
+            None => {
+                let ep = flag_endpoint.map(str::to_string).or(env_endpoint);
+                if ep
+                    .as_deref()
+                    .is_some_and(|e| e.trim_end_matches('/').ends_with(":4317"))
+                {
+                    Protocol::Grpc
+                } else {
+                    Protocol::HttpProtobuf
+                }
+            }
+        };
+        Ok(Some(Config {
+            endpoint: flag_endpoint.map(str::to_string),
+            protocol,
+            batch_delay: Duration::from_millis(env_number("OTEL_BSP_SCHEDULE_DELAY", 5000)?),
+            batch_size: env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?.max(1) as usize,
+            max_exporters: 1024,
+        }))
+    }
+
+    /// A description for the start-up log.
+    pub fn describe(&self) -> String {
+        let ep = self
+            .endpoint
+            .clone()
+            .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .unwrap_or_else(|| "default endpoint".into());
+        format!("{ep} ({:?})", self.protocol)
+    }
+
+    /// Builds an exporter (checks the configuration; connections are made lazily).
+    fn build(&self) -> Result<SpanExporter> {
+        let exporter = match self.protocol {
+            Protocol::Grpc => {
+                let b = SpanExporter::builder().with_tonic();
+                match &self.endpoint {
+                    Some(ep) => b.with_endpoint(ep.clone()).build(),
+                    None => b.build(),
+                }
+            }
+            Protocol::HttpProtobuf => {
+                let b = SpanExporter::builder().with_http();
+                match &self.endpoint {
+                    // Like OTEL_EXPORTER_OTLP_ENDPOINT: the signal path is appended.
+                    Some(ep) => b
+                        .with_endpoint(format!("{}/v1/traces", ep.trim_end_matches('/')))
+                        .build(),
+                    None => b.build(),
+                }
+            }
+        };
+        exporter.context("invalid OTLP exporter configuration")
+    }
+
+    /// Fails early, at start-up, on a configuration the exporter refuses.
+    pub fn validate(&self) -> Result<()> {
+        self.build().map(drop)
+    }
+}
+
+/// Resource attributes of a traced process.
+pub fn resource(p: &ProcessInfo) -> Resource {
+    Resource::builder_empty()
+        .with_attributes([
+            KeyValue::new("service.name", p.service_name.clone()),
+            KeyValue::new("process.pid", i64::from(p.pid)),
+            KeyValue::new("process.executable.name", p.executable_name.clone()),
+            KeyValue::new("process.executable.path", p.executable_path.clone()),
+            KeyValue::new("process.command_line", p.command_line.clone()),
+            KeyValue::new("host.name", p.host_name.clone()),
+            KeyValue::new("telemetry.sdk.name", env!("CARGO_PKG_NAME")),
+            KeyValue::new("telemetry.sdk.language", "rust"),
+            KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+        ])
+        .build()
+}
+
+/// Converts one span to the SDK's export type.
+pub fn span_data(s: &Span) -> SpanData {
+    let attributes = s
+        .attributes
+        .iter()
+        .map(|(k, v)| match v {
+            Value::Str(x) => KeyValue::new(*k, x.clone()),
+            Value::Int(i) => KeyValue::new(*k, *i),
+        })
+        .collect();
+    SpanData {
+        span_context: SpanContext::new(
+            TraceId::from_bytes(s.trace_id),
+            SpanId::from_bytes(s.span_id),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ),
+        parent_span_id: s.parent_span_id.map_or(SpanId::INVALID, SpanId::from_bytes),
+        parent_span_is_remote: false,
+        span_kind: match s.kind {
+            SpanKind::Server => OtelKind::Server,
+            SpanKind::Client => OtelKind::Client,
+        },
+        name: Cow::Owned(s.name.clone()),
+        start_time: s.start,
+        end_time: s.end,
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: match s.status {
+            Status::Error => OtelStatus::error(""),
+            Status::Unset => OtelStatus::Unset,
+        },
+        instrumentation_scope: InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build(),
+    }
+}
+
+/// Exporters per traced process.
+struct Exporters {
+    config: Config,
+    by_pid: HashMap<u32, (Arc<ProcessInfo>, SpanExporter)>,
+}
+
+impl Exporters {
+    fn get(&mut self, p: &Arc<ProcessInfo>) -> Result<&SpanExporter> {
+        let stale = self.by_pid.get(&p.pid).is_some_and(|(known, _)| known != p);
+        if stale || !self.by_pid.contains_key(&p.pid) {
+            if self.by_pid.len() >= self.config.max_exporters {
+                // Bounded: start over; exporters are cheap to build again.
+                for (_, (_, e)) in self.by_pid.drain() {
+                    let _ = e.shutdown();
+                }
+            }
+            let mut e = self.config.build()?;
+            e.set_resource(&resource(p));
+            self.by_pid.insert(p.pid, (p.clone(), e));
+        }
+        Ok(&self.by_pid[&p.pid].1)
+    }
+
+    async fn export(&mut self, spans: &mut Vec<Span>, stats: &Stats) {
+        let mut groups: HashMap<u32, (Arc<ProcessInfo>, Vec<SpanData>)> = HashMap::new();
+        for s in spans.drain(..) {
+            groups
+                .entry(s.process.pid)
+                .or_insert_with(|| (s.process.clone(), Vec::new()))
+                .1
+                .push(span_data(&s));
+        }
+        for (_, (process, batch)) in groups {
+            let n = batch.len() as u64;
+            let result = match self.get(&process) {
+                Ok(exporter) => exporter.export(batch).await.map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => stats.add(&stats.spans_exported, n),
+                Err(err) => {
+                    stats.add(&stats.spans_export_failed, n);
+                    warn!(spans = n, service = %process.service_name, "OTLP export failed: {err:#}");
+                }
+            }
+        }
+    }
+}
+
+/// Batches spans and exports them until the channel closes; then exports the rest.
+pub async fn run(config: Config, mut rx: mpsc::Receiver<Span>, stats: Arc<Stats>) -> Result<()> {
+    let mut exporters = Exporters {
+        config: config.clone(),
+        by_pid: HashMap::new(),
+    };
+    let mut pending: Vec<Span> = Vec::with_capacity(config.batch_size);
+    let mut tick = tokio::time::interval(config.batch_delay);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut pending, config.batch_size) => {
+                if n == 0 {
+                    break;
+                }
+                if pending.len() >= config.batch_size {
+                    exporters.export(&mut pending, &stats).await;
+                }
+            }
+            _ = tick.tick() => {
+                if !pending.is_empty() {
+                    exporters.export(&mut pending, &stats).await;
+                }
+            }
+        }
+    }
+    if !pending.is_empty() {
+        exporters.export(&mut pending, &stats).await;
+    }
+    for (_, (_, e)) in exporters.by_pid.drain() {
+        if let Err(err) = e.shutdown() {
+            debug!("exporter shutdown: {err}");
+        }
+    }
+    Ok(())
+}

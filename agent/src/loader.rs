@@ -1,0 +1,204 @@
+//! Loading and attaching the kernel programs: the only module, with `capture`, that talks to the
+//! kernel. It checks privileges, mounts tracefs when needed, writes the BTF offsets and settings
+//! into the programs' globals, attaches every tracepoint and hands out the maps.
+
+use std::path::Path;
+
+use agent_common::{KernelOffsets, Settings, counter};
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use tracing::{debug, info};
+
+use crate::btf;
+
+/// The compiled kernel programs, embedded at build time by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
+
+/// Every tracepoint program, by the name of its function and tracepoint (they are the same).
+pub const TRACEPOINTS: &[&str] = &[
+    "sys_enter_read",
+    "sys_exit_read",
+    "sys_enter_write",
+    "sys_exit_write",
+    "sys_enter_readv",
+    "sys_exit_readv",
+    "sys_enter_writev",
+    "sys_exit_writev",
+    "sys_enter_recvfrom",
+    "sys_exit_recvfrom",
+    "sys_enter_sendto",
+    "sys_exit_sendto",
+    "sys_enter_recvmsg",
+    "sys_exit_recvmsg",
+    "sys_enter_sendmsg",
+    "sys_exit_sendmsg",
+    "sys_enter_sendfile64",
+    "sys_exit_sendfile64",
+    "sys_enter_connect",
+    "sys_exit_connect",
+    "sys_enter_accept",
+    "sys_exit_accept",
+    "sys_enter_accept4",
+    "sys_exit_accept4",
+    "sys_enter_close",
+];
+
+/// Where tracefs is mounted on current systems.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// What the loader needs to know.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Payload bytes to capture per syscall.
+    pub capture_bytes: u32,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_buffer_bytes: u32,
+}
+
+/// The loaded, attached programs and the maps userspace uses. Dropping it detaches everything.
+pub struct Probes {
+    /// Keeps the programs (and their links) alive.
+    pub ebpf: Ebpf,
+    /// Traced processes.
+    pub traced: HashMap<MapData, u32, u8>,
+    /// Kernel-side counters.
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+/// Fails with one clear sentence when the agent cannot run eBPF at all.
+pub fn check_privileges() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "the agent must run as root (it loads eBPF programs, needing CAP_BPF, CAP_PERFMON and \
+             CAP_SYS_RESOURCE): run it with sudo"
+        );
+    }
+    Ok(())
+}
+
+/// Mounts tracefs at /sys/kernel/tracing when nothing is mounted there: tracepoints are found
+/// through it. Says what to do when it cannot.
+pub fn ensure_tracefs() -> Result<()> {
+    let events = Path::new(TRACEFS).join("events");
+    if events.is_dir() {
+        return Ok(());
+    }
+    if Path::new("/sys/kernel/debug/tracing/events").is_dir() {
+        return Ok(());
+    }
+    info!("tracefs is not mounted; mounting it at {TRACEFS}");
+    nix::mount::mount(
+        Some("tracefs"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| {
+        format!(
+            "tracefs is not mounted and mounting it at {TRACEFS} failed; mount it yourself \
+             (`mount -t tracefs tracefs {TRACEFS}`) or, in a container, mount the host's \
+             {TRACEFS}"
+        )
+    })?;
+    Ok(())
+}
+
+/// Loads the programs with the given offsets and settings and attaches every tracepoint.
+/// Returns the probes and, separately, the ring buffer so `capture` can own it.
+pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
+    // Older kernels charge BPF memory to RLIMIT_MEMLOCK; lift it (harmless on newer ones).
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        debug!("could not lift RLIMIT_MEMLOCK; continuing");
+    }
+    let settings = Settings {
+        agent_tgid: std::process::id(),
+        capture_bytes: opts.capture_bytes,
+    };
+    let mut ebpf = EbpfLoader::new()
+        .override_global("OFFSETS", &offsets, true)
+        .override_global("SETTINGS", &settings, true)
+        .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+        .load(EBPF_OBJECT)
+        .map_err(explain_load_error)?;
+    for name in TRACEPOINTS {
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a tracepoint"))?;
+        program
+            .load()
+            .with_context(|| format!("the kernel refused to load {name}"))?;
+        program
+            .attach("syscalls", name)
+            .with_context(|| format!("attaching syscalls/{name}"))?;
+    }
+    debug!(programs = TRACEPOINTS.len(), "tracepoints attached");
+    let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
+    let traced = HashMap::try_from(
+        ebpf.take_map("TRACED_TGIDS")
+            .context("map TRACED_TGIDS missing")?,
+    )?;
+    let counters =
+        PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
+    Ok((
+        Probes {
+            ebpf,
+            traced,
+            counters,
+        },
+        events,
+    ))
+}
+
+fn explain_load_error(err: aya::EbpfError) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if text.contains("EPERM") || text.contains("Operation not permitted") {
+        anyhow::Error::new(err).context(
+            "the kernel refused to load eBPF programs (EPERM): the agent needs root with \
+             CAP_BPF and CAP_PERFMON, and unprivileged BPF or lockdown settings may forbid it",
+        )
+    } else {
+        anyhow::Error::new(err).context("loading the eBPF programs failed")
+    }
+}
+
+impl Probes {
+    /// Starts tracing a process (all of its threads).
+    pub fn trace_pid(&mut self, tgid: u32) -> Result<()> {
+        self.traced
+            .insert(tgid, 1, 0)
+            .with_context(|| format!("adding pid {tgid} to the traced set"))
+    }
+
+    /// Sums the per-CPU kernel counters.
+    pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = self.counters.get(&(i as u32), 0)?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+/// Reads the BTF offsets with a message that says what to do on failure.
+pub fn offsets(path: &Path) -> Result<KernelOffsets> {
+    btf::kernel_offsets(path).with_context(|| {
+        format!(
+            "cannot compute kernel struct offsets from {}; the agent needs a kernel built with BTF \
+             (CONFIG_DEBUG_INFO_BTF=y), or pass --btf with a BTF file for this kernel",
+            path.display()
+        )
+    })
+}

@@ -1,0 +1,206 @@
+//! Wires the stages together and owns shutdown:
+//!
+//! ```text
+//! kernel ─ring buffer→ capture ─events→ process loop (conn → protocol → trace) ─spans→ export
+//! ```
+//!
+//! Every channel is bounded. On SIGINT or SIGTERM the programs are detached first (no new
+//! events), the ring buffer is drained, every connection is closed (completing what can be
+//! completed), and the exporter flushes before the agent exits 0.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    capture::{self, SocketEvent},
+    cli::{Args, Format},
+    clock,
+    conn::{ConnTable, Limits},
+    export::{self, Sink, otlp, stdout},
+    loader,
+    process::{self, Processes},
+    stats::{self, Stats},
+    trace::{self, Span},
+};
+
+/// Events queued between capture and the process loop.
+const EVENT_QUEUE: usize = 65_536;
+/// Connections idle this long are forgotten.
+const IDLE: Duration = Duration::from_secs(300);
+
+/// Checks the pids before anything is loaded.
+fn check_pids(pids: &[u32]) -> Result<()> {
+    let me = std::process::id();
+    for &pid in pids {
+        if pid == me {
+            bail!("pid {pid} is the agent itself; the agent never traces itself");
+        }
+        process::read(std::path::Path::new("/proc"), pid, "")
+            .with_context(|| format!("cannot trace pid {pid}: is the process running?"))?;
+    }
+    Ok(())
+}
+
+fn queue_size() -> usize {
+    std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(2048)
+}
+
+/// Runs the agent until a signal.
+pub async fn run(args: Args) -> Result<()> {
+    check_pids(&args.pids)?;
+    let sink =
+        match otlp::Config::from_env(args.otlp_endpoint.as_deref(), args.otlp_protocol.as_deref())?
+        {
+            Some(config) => {
+                config.validate()?;
+                info!("exporting spans over OTLP to {}", config.describe());
+                Sink::Otlp(config)
+            }
+            None => {
+                info!("no OTLP endpoint configured: printing spans on stdout");
+                Sink::Stdout(match args.format {
+                    Format::Text => stdout::Format::Text,
+                    Format::Json => stdout::Format::Json,
+                })
+            }
+        };
+
+    loader::check_privileges()?;
+    loader::ensure_tracefs()?;
+    let offsets = loader::offsets(&args.btf)?;
+    debug!(?offsets, "kernel offsets from BTF");
+    let (mut probes, ring) = loader::load(
+        offsets,
+        &loader::LoadOptions {
+            capture_bytes: args.capture_bytes,
+            ring_buffer_bytes: args.ring_buffer_mib * 1024 * 1024,
+        },
+    )?;
+    for &pid in &args.pids {
+        probes.trace_pid(pid)?;
+    }
+
+    let stats = Arc::new(Stats::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ev_tx, ev_rx) = mpsc::channel::<SocketEvent>(EVENT_QUEUE);
+    let (span_tx, span_rx) = mpsc::channel::<Span>(queue_size());
+
+    let capture = tokio::spawn(capture::run(ring, ev_tx, stats.clone(), stop_rx));
+    let process = tokio::spawn(process_loop(ev_rx, span_tx, stats.clone()));
+    let export = tokio::spawn(export::run(sink, span_rx, stats.clone()));
+
+    let mut processes = Processes::new(64);
+    for &pid in &args.pids {
+        let p = processes.get(pid);
+        info!(pid, service = %p.service_name, "tracing");
+    }
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut report = tokio::time::interval(Duration::from_secs(30));
+    report.tick().await;
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = report.tick() => log_counters(&probes, &stats, false),
+        }
+    }
+    info!("stopping: detaching programs and flushing spans");
+
+    // Detach: no new events after this point.
+    let counters = probes.counters().ok();
+    drop(probes.ebpf);
+    let _ = stop_tx.send(true);
+    capture.await.context("capture task")??;
+    process.await.context("process task")?;
+    export.await.context("export task")??;
+
+    if let Some(k) = counters {
+        for (name, v) in stats::kernel_counter_names().iter().zip(k) {
+            if v > 0 {
+                info!("{name} = {v}");
+            }
+        }
+    }
+    for (name, v) in stats.snapshot() {
+        if v > 0 {
+            info!("{name} = {v}");
+        }
+    }
+    Ok(())
+}
+
+fn log_counters(probes: &loader::Probes, stats: &Stats, all: bool) {
+    if let Ok(k) = probes.counters() {
+        let lost = k[agent_common::counter::LOST_RINGBUF_FULL as usize]
+            + k[agent_common::counter::LOST_INFLIGHT_FULL as usize]
+            + k[agent_common::counter::LOST_FD_LOOKUP as usize];
+        if lost > 0 {
+            warn!(lost, "kernel events lost so far (see counters on exit)");
+        }
+    }
+    let snap = stats.snapshot();
+    debug!(?snap, all, "counters");
+}
+
+/// Connection tracking, parsing and span making: single-threaded, fed by capture.
+async fn process_loop(
+    mut rx: mpsc::Receiver<SocketEvent>,
+    tx: mpsc::Sender<Span>,
+    stats: Arc<Stats>,
+) {
+    let mut table = ConnTable::new(Limits::default());
+    let mut processes = Processes::new(4096);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+    let mut exchanges = Vec::new();
+    let mut batch = Vec::with_capacity(256);
+    let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => {
+                if n == 0 {
+                    break;
+                }
+                for ev in batch.drain(..) {
+                    table.handle(&ev, &stats, &mut exchanges);
+                }
+            }
+            _ = sweep.tick() => {
+                let cutoff = clock::monotonic_ns().saturating_sub(IDLE.as_nanos() as u64);
+                table.expire(cutoff, alive, &stats, &mut exchanges);
+            }
+        }
+        emit(&mut exchanges, &mut processes, &mut rng, &tx, &stats);
+    }
+    table.close_all(&stats, &mut exchanges);
+    emit(&mut exchanges, &mut processes, &mut rng, &tx, &stats);
+    // Wait for room rather than drop at shutdown: these spans finished before the signal.
+}
+
+fn emit(
+    exchanges: &mut Vec<crate::conn::ConnExchange>,
+    processes: &mut Processes,
+    rng: &mut impl rand::Rng,
+    tx: &mpsc::Sender<Span>,
+    stats: &Stats,
+) {
+    for ce in exchanges.drain(..) {
+        let span = trace::make_span(&ce, processes, rng);
+        stats.inc(&stats.spans_created);
+        if tx.try_send(span).is_err() {
+            stats.inc(&stats.spans_dropped_queue);
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The agent's span: what `trace` produces and `export` sends. Kept independent of the
+//! OpenTelemetry SDK types so that stages stay testable and the stdout exporter stays simple.
+
+use std::{sync::Arc, time::SystemTime};
+
+use crate::process::ProcessInfo;
+
+/// SERVER or CLIENT, as in OpenTelemetry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+impl SpanKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanKind::Server => "SERVER",
+            SpanKind::Client => "CLIENT",
+        }
+    }
+}
+
+/// An attribute value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Str(String),
+    Int(i64),
+}
+
+/// Span status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Unset,
+    Error,
+}
+
+/// One finished span.
+#[derive(Debug, Clone)]
+pub struct Span {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub kind: SpanKind,
+    pub name: String,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<(&'static str, Value)>,
+    pub status: Status,
+    /// The traced process: the span's resource.
+    pub process: Arc<ProcessInfo>,
+}
+
+impl Span {
+    /// An attribute's value, if set.
+    pub fn attr(&self, key: &str) -> Option<&Value> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// A string attribute's value.
+    pub fn attr_str(&self, key: &str) -> Option<&str> {
+        match self.attr(key)? {
+            Value::Str(s) => Some(s),
+            Value::Int(_) => None,
+        }
+    }
+}

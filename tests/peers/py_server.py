@@ -1,0 +1,49 @@
+"""Threaded HTTP/1.1 test server (keep-alive) with a few routes the end-to-end tests call."""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status, body, chunked=False):
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (body[: len(body) // 2], body[len(body) // 2 :]):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+        else:
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        if path == "/hello":
+            self._send(200, b"hello world")
+        elif path == "/fail":
+            self._send(500, b"boom")
+        elif path == "/chunked":
+            self._send(200, b"x" * 10000, chunked=True)
+        elif path == "/big":
+            self._send(200, b"y" * 200000)
+        else:
+            self._send(404, b"not found")
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(n)
+        self._send(201, body)
+
+
+if __name__ == "__main__":
+    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    server.daemon_threads = True
+    print("ready", flush=True)
+    server.serve_forever()

@@ -1,0 +1,245 @@
+//! SERVER spans: real Python and Node.js servers traced by the real agent, spans received by a
+//! real OTLP receiver over gRPC and http/protobuf.
+
+use std::{process::Command, time::Duration};
+
+use agent_e2e::{
+    Agent, Call, Proc, curl, eventually, free_port, peer,
+    receiver::{Receiver, RecvSpan},
+    wait_port,
+};
+
+const SERVER: i32 = 2;
+
+fn otlp_args(rx: &Receiver, pid: u32) -> Vec<String> {
+    vec![
+        "--pid".into(),
+        pid.to_string(),
+        "--otlp-endpoint".into(),
+        rx.endpoint.clone(),
+        "--otlp-protocol".into(),
+        rx.protocol.into(),
+    ]
+}
+
+/// Finds the one span for a call (by path and query) and checks everything common to SERVER
+/// spans, including that its duration lies inside the client's own measured window.
+fn check_server_span<'a>(spans: &'a [RecvSpan], call: &Call, port: u16) -> &'a RecvSpan {
+    let url = call
+        .url
+        .split_once(&format!(":{port}"))
+        .expect("url has the port")
+        .1;
+    let (path, query) = url
+        .split_once('?')
+        .map_or((url, None), |(p, q)| (p, Some(q)));
+    let matching: Vec<_> = spans
+        .iter()
+        .filter(|s| s.attr("url.path") == Some(path) && s.attr("url.query") == query)
+        .collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "exactly one span for {}: {spans:#?}",
+        call.url
+    );
+    let s = matching[0];
+    assert_eq!(s.kind, SERVER);
+    assert_eq!(s.trace_id.len(), 16);
+    assert_eq!(s.span_id.len(), 8);
+    assert!(s.trace_id.iter().any(|&b| b != 0) && s.span_id.iter().any(|&b| b != 0));
+    assert!(
+        s.parent_span_id.is_empty(),
+        "no context propagated: a root span"
+    );
+    assert_eq!(
+        s.attr("http.response.status_code"),
+        Some(call.status.to_string().as_str())
+    );
+    assert_eq!(s.attr("url.scheme"), Some("http"));
+    assert_eq!(s.attr("server.port"), Some(port.to_string().as_str()));
+    assert_eq!(s.attr("server.address"), Some("127.0.0.1"));
+    assert_eq!(s.attr("client.address"), Some("127.0.0.1"));
+    assert_eq!(s.attr("network.peer.address"), Some("127.0.0.1"));
+    assert_eq!(s.attr("client.port"), s.attr("network.peer.port"));
+    assert_ne!(s.attr("client.port"), Some(port.to_string().as_str()));
+    assert_eq!(s.attr("network.protocol.version"), Some("1.1"));
+    assert!(
+        s.attr("user_agent.original")
+            .is_some_and(|ua| ua.starts_with("curl/"))
+    );
+    assert!(
+        call.start_ns <= s.start_ns && s.start_ns <= s.end_ns && s.end_ns <= call.end_ns,
+        "span [{}, {}] outside the client's window [{}, {}]",
+        s.start_ns,
+        s.end_ns,
+        call.start_ns,
+        call.end_ns
+    );
+    s
+}
+
+#[test]
+fn python_server_spans_over_grpc() {
+    let port = free_port();
+    let server = Proc::spawn(
+        Command::new("python3")
+            .arg(peer("py_server.py"))
+            .arg(port.to_string())
+            .env("OTEL_SERVICE_NAME", "py-shop"),
+    );
+    wait_port(port);
+    let rx = Receiver::grpc();
+    let agent = Agent::start(
+        &otlp_args(&rx, server.pid()),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
+    );
+
+    let base = format!("http://127.0.0.1:{port}");
+    let calls = vec![
+        curl(&format!("{base}/hello?lang=en&x=1"), &[]),
+        curl(&format!("{base}/fail"), &[]),
+        curl(&format!("{base}/missing"), &[]),
+        curl(&format!("{base}/chunked"), &[]),
+        curl(&format!("{base}/big"), &[]),
+        curl(&format!("{base}/echo"), &["-d", "payload=123"]),
+    ];
+    assert_eq!(
+        calls.iter().map(|c| c.status).collect::<Vec<_>>(),
+        vec![200, 500, 404, 200, 200, 201]
+    );
+
+    let spans = eventually(Duration::from_secs(15), || {
+        let s = rx.spans();
+        (s.len() >= calls.len()).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("spans missing; received {:#?}", rx.spans()));
+    let (_, stderr) = agent.stop();
+    assert_eq!(spans.len(), calls.len(), "one span per request: {spans:#?}");
+
+    let hello = check_server_span(&spans, &calls[0], port);
+    assert_eq!(hello.name, "GET");
+    assert_eq!(hello.attr("http.request.method"), Some("GET"));
+    assert_eq!(hello.attr("url.query"), Some("lang=en&x=1"));
+    assert_eq!(hello.status, 0);
+    assert_eq!(
+        hello.resource.get("service.name").map(String::as_str),
+        Some("py-shop")
+    );
+    assert_eq!(
+        hello.resource.get("process.pid").map(String::as_str),
+        Some(server.pid().to_string().as_str())
+    );
+    assert!(
+        hello
+            .resource
+            .get("process.executable.name")
+            .is_some_and(|e| e.starts_with("python"))
+    );
+    assert!(
+        hello
+            .resource
+            .get("process.command_line")
+            .is_some_and(|c| c.contains("py_server.py"))
+    );
+    assert!(hello.resource.contains_key("host.name"));
+    assert!(hello.resource.contains_key("telemetry.sdk.name"));
+
+    let fail = check_server_span(&spans, &calls[1], port);
+    assert_eq!(fail.status, 2, "5xx is an error on a SERVER span");
+    let missing = check_server_span(&spans, &calls[2], port);
+    assert_eq!(missing.status, 0, "4xx is not an error on a SERVER span");
+    let chunked = check_server_span(&spans, &calls[3], port);
+    assert_eq!(chunked.attr("http.response.body.size"), Some("10000"));
+    let big = check_server_span(&spans, &calls[4], port);
+    assert_eq!(big.attr("http.response.body.size"), Some("200000"));
+    let post = check_server_span(&spans, &calls[5], port);
+    assert_eq!(post.name, "POST");
+    assert_eq!(post.attr("http.request.body.size"), Some("11"));
+    assert!(
+        stderr.iter().any(|l| l.contains("spans_exported = 6")),
+        "{stderr:#?}"
+    );
+}
+
+#[test]
+fn node_server_spans_over_http_protobuf_with_keep_alive() {
+    let port = free_port();
+    let server = Proc::spawn(
+        Command::new("node")
+            .arg(peer("node_server.js"))
+            .arg(port.to_string()),
+    );
+    wait_port(port);
+    let rx = Receiver::http();
+    let agent = Agent::start(
+        &otlp_args(&rx, server.pid()),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
+    );
+
+    let base = format!("http://127.0.0.1:{port}");
+    let single = [
+        curl(&format!("{base}/hello"), &[]),
+        curl(&format!("{base}/stream"), &[]),
+        curl(&format!("{base}/fail"), &[]),
+    ];
+    // Three requests on one keep-alive connection.
+    let start = agent_e2e::now_ns();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+        ])
+        .arg(format!("{base}/hello?k=1"))
+        .arg(format!("{base}/hello?k=2"))
+        .arg(format!("{base}/stream?k=3"))
+        .output()
+        .expect("curl");
+    assert!(out.status.success());
+    let end = agent_e2e::now_ns();
+
+    let spans = eventually(Duration::from_secs(15), || {
+        let s = rx.spans();
+        (s.len() >= 6).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("spans missing; received {:#?}", rx.spans()));
+    agent.stop();
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    check_server_span(&spans, &single[0], port);
+    let stream = check_server_span(&spans, &single[1], port);
+    assert_eq!(stream.attr("http.response.body.size"), Some("22"));
+    // The streamed response ends after its second write, 20 ms later.
+    assert!(stream.end_ns - stream.start_ns >= 15_000_000, "{stream:#?}");
+    let fail = check_server_span(&spans, &single[2], port);
+    assert_eq!(fail.status, 2);
+    assert_eq!(
+        fail.resource.get("service.name").map(String::as_str),
+        Some("node"),
+        "no OTEL_SERVICE_NAME: the executable's name"
+    );
+
+    let keep_alive: Vec<_> = spans
+        .iter()
+        .filter(|s| s.attr("url.query").is_some())
+        .collect();
+    assert_eq!(keep_alive.len(), 3);
+    let ports: std::collections::BTreeSet<_> = keep_alive
+        .iter()
+        .map(|s| s.attr("client.port").unwrap_or(""))
+        .collect();
+    assert_eq!(ports.len(), 1, "one connection carried the three requests");
+    for s in &keep_alive {
+        assert!(start <= s.start_ns && s.end_ns <= end);
+    }
+    let mut queries: Vec<_> = keep_alive
+        .iter()
+        .map(|s| s.attr("url.query").unwrap_or(""))
+        .collect();
+    queries.sort();
+    assert_eq!(queries, ["k=1", "k=2", "k=3"]);
+}

@@ -1,0 +1,237 @@
+//! Project tasks, run as `cargo xtask <task>`:
+//!
+//! - `setup`: installs what a fresh Debian machine lacks to build the kernel programs (nightly
+//!   rust-src, LLVM 22, bpf-linker built against it) and to run the end-to-end tests (curl,
+//!   Node.js, iproute2). Idempotent: quick when everything is there.
+//! - `build`: setup, then `cargo build --release` (the eBPF object is embedded by agent/build.rs).
+//! - `run -- ARGS`: build, then run `target/release/agent ARGS` (as root).
+//! - `lint`: rustfmt and clippy with warnings denied.
+//! - `test`: build, unit tests, then the end-to-end tests (they need root and load eBPF; they fail,
+//!   never skip, when that is impossible).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Project tasks for the eBPF tracing agent")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain and test peers that are missing.
+    Setup,
+    /// Set up and build the release agent.
+    Build,
+    /// Set up, build and run the agent with the given arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt --check and clippy -D warnings.
+    Lint,
+    /// Set up, build, and run the unit and end-to-end tests.
+    Test {
+        /// Extra arguments for the end-to-end test runner (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+const LLVM: &str = "/usr/lib/llvm-22";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a command as root, through sudo when not root already.
+fn as_root(program: &str) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(program);
+        c
+    }
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(as_root("apt-get").arg("update").arg("-q"))?;
+    run(as_root("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn setup() -> Result<()> {
+    // Kernel-program toolchain.
+    apt_install(&[
+        "llvm-22-dev",
+        "libpolly-22-dev",
+        "libzstd-dev",
+        "zlib1g-dev",
+    ])?;
+    if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("rustup component list")?;
+    if !String::from_utf8_lossy(&components.stdout).contains("rust-src") {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    if !succeeds(Command::new("bpf-linker").arg("--version")) {
+        let path = format!("{LLVM}/bin:{}", std::env::var("PATH").unwrap_or_default());
+        run(Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_SYS_221_PREFIX", LLVM)
+            .env("LLVM_PREFIX", LLVM)
+            .env("PATH", path))?;
+    }
+    // End-to-end test peers (python3 ships with the machine image).
+    apt_install(&["curl", "nodejs", "iproute2", "util-linux"])?;
+    eprintln!("setup: toolchain and test peers present");
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn build() -> Result<()> {
+    setup()?;
+    run(cargo().args(["build", "--release", "--package", "agent"]))
+}
+
+fn agent_bin() -> PathBuf {
+    root().join("target/release/agent")
+}
+
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The kernel crate is checked for its own target with the nightly toolchain.
+    run(Command::new("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--package",
+            "agent-ebpf",
+            "--release",
+        ])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .current_dir(root()))
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the end-to-end tests load eBPF programs and must run as root: \
+             sudo -E cargo xtask test"
+        );
+    }
+    build()?;
+    run(cargo().args(["test", "--workspace", "--exclude", "agent-e2e"]))?;
+    run(cargo()
+        .args(["test", "--package", "agent-e2e", "--", "--test-threads=1"])
+        .args(extra)
+        .env("AGENT_BIN", agent_bin()))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::Build => build(),
+        Task::Run { args } => {
+            build()?;
+            run(as_root(agent_bin().to_str().context("non-UTF-8 path")?).args(args))
+        }
+        Task::Lint => lint(),
+        Task::Test { args } => test(&args),
+    }
+}
