@@ -108,5 +108,5 @@ pub fn is_traced(tgid: u32) -> bool {
         return false;
     }
     // SAFETY: the value is a plain byte; a concurrent delete can only make it stale.
-    unsafe { TRACED_TGIDS.get(&tgid).is_some() }
+    unsafe { TRACED_TGIDS.get(tgid).is_some() }
 }

@@ -32,6 +32,15 @@ fn ret(ctx: &TracePointContext) -> i64 {
     unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
 }
 
+/// Takes the arguments its enter program saved for this thread's syscall.
+#[inline(always)]
+fn take_inflight(pid_tgid: u64) -> Option<Inflight> {
+    // SAFETY: plain-old-data value copied out immediately.
+    let args = unsafe { INFLIGHT.get(pid_tgid) }.copied()?;
+    let _ = INFLIGHT.remove(pid_tgid);
+    Some(args)
+}
+
 /// Saves the arguments of a syscall of a traced process until its exit.
 #[inline(always)]
 fn enter(ctx: &TracePointContext, sc: u8, direction: u8, kind: BufKind, buf_arg: usize) -> u32 {
@@ -50,7 +59,7 @@ fn enter(ctx: &TracePointContext, sc: u8, direction: u8, kind: BufKind, buf_arg:
         kind,
         _pad: 0,
     };
-    if INFLIGHT.insert(&pid_tgid, &args, 0).is_err() {
+    if INFLIGHT.insert(pid_tgid, args, 0).is_err() {
         count(counter::LOST_INFLIGHT_FULL);
     }
     0
@@ -60,11 +69,9 @@ fn enter(ctx: &TracePointContext, sc: u8, direction: u8, kind: BufKind, buf_arg:
 #[inline(always)]
 fn exit(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: plain-old-data value copied out immediately.
-    let Some(args) = (unsafe { INFLIGHT.get(&pid_tgid) }).copied() else {
+    let Some(args) = take_inflight(pid_tgid) else {
         return 0;
     };
-    let _ = INFLIGHT.remove(&pid_tgid);
     let r = ret(ctx);
     if r <= 0 {
         return 0;
@@ -219,11 +226,9 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: plain-old-data value copied out immediately.
-    let Some(args) = (unsafe { INFLIGHT.get(&pid_tgid) }).copied() else {
+    let Some(args) = take_inflight(pid_tgid) else {
         return 0;
     };
-    let _ = INFLIGHT.remove(&pid_tgid);
     let r = ret(&ctx);
     if r == 0 || r == -EINPROGRESS {
         opened(
@@ -252,11 +257,9 @@ pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn accepted(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: plain-old-data value copied out immediately.
-    let Some(args) = (unsafe { INFLIGHT.get(&pid_tgid) }).copied() else {
+    let Some(args) = take_inflight(pid_tgid) else {
         return 0;
     };
-    let _ = INFLIGHT.remove(&pid_tgid);
     let r = ret(ctx);
     if r >= 0 {
         opened(
@@ -293,10 +296,10 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let fd = arg(&ctx, 0) as i32;
     let key = conn_key(tgid, fd);
     // SAFETY: plain-old-data value copied out immediately.
-    let Some(conn) = (unsafe { CONNS.get(&key) }).copied() else {
+    let Some(conn) = (unsafe { CONNS.get(key) }).copied() else {
         return 0;
     };
-    let _ = CONNS.remove(&key);
+    let _ = CONNS.remove(key);
     if conn.is_tcp == 0 {
         return 0;
     }

@@ -117,13 +117,13 @@ pub fn lookup(tgid: u32, fd: i32) -> Option<ConnInfo> {
     let file = fd_to_file(fd)?;
     let key = conn_key(tgid, fd);
     // SAFETY: plain-old-data value copied out immediately.
-    if let Some(cached) = unsafe { CONNS.get(&key) } {
-        if cached.file == file {
-            return Some(*cached);
-        }
+    if let Some(cached) = unsafe { CONNS.get(key) }
+        && cached.file == file
+    {
+        return Some(*cached);
     }
     let info = resolve(file, ROLE_UNKNOWN);
-    let _ = CONNS.insert(&key, &info, 0);
+    let _ = CONNS.insert(key, info, 0);
     Some(info)
 }
 
@@ -132,6 +132,6 @@ pub fn lookup(tgid: u32, fd: i32) -> Option<ConnInfo> {
 pub fn establish(tgid: u32, fd: i32, role: u8) -> Option<ConnInfo> {
     let file = fd_to_file(fd)?;
     let info = resolve(file, role);
-    let _ = CONNS.insert(&conn_key(tgid, fd), &info, 0);
+    let _ = CONNS.insert(conn_key(tgid, fd), info, 0);
     Some(info)
 }

@@ -88,7 +88,7 @@ impl Finder<'_> {
                 ty = member_ty;
             }
         }
-        if total_bits % 8 != 0 {
+        if !total_bits.is_multiple_of(8) {
             return Err(BtfError::Bitfield {
                 strukt: strukt.to_string(),
                 member: path.to_string(),

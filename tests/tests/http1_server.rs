@@ -96,7 +96,7 @@ fn python_server_spans_over_grpc() {
     );
 
     let base = format!("http://127.0.0.1:{port}");
-    let calls = vec![
+    let calls = [
         curl(&format!("{base}/hello?lang=en&x=1"), &[]),
         curl(&format!("{base}/fail"), &[]),
         curl(&format!("{base}/missing"), &[]),

@@ -418,3 +418,21 @@ fn fuzz_random_splits_and_garbage() {
         h.close();
     }
 }
+
+#[test]
+fn large_upload_in_a_gap_then_next_request() {
+    let mut h = Harness::new();
+    let head = b"PUT /upload HTTP/1.1\r\nContent-Length: 50000\r\n\r\n";
+    let mut first = head.to_vec();
+    first.extend_from_slice(&[b'z'; 64]);
+    // Only the head and 64 body bytes were captured of this large write.
+    h.request_gap(&first, head.len() as u64 + 50_000);
+    h.response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    h.request(b"GET /after HTTP/1.1\r\n\r\n");
+    h.response(b"HTTP/1.1 204 No Content\r\n\r\n");
+    assert_eq!(
+        h.pairs(),
+        vec![("/upload".into(), 200), ("/after".into(), 204)]
+    );
+    assert_eq!(h.out[0].request.body_len, 50_000);
+}
