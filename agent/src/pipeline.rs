@@ -113,7 +113,7 @@ pub async fn run(args: Args) -> Result<()> {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = report.tick() => log_counters(&probes, &stats, false),
+            _ = report.tick() => log_counters(&probes, &stats),
         }
     }
     info!("stopping: detaching programs and flushing spans");
@@ -141,7 +141,7 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn log_counters(probes: &loader::Probes, stats: &Stats, all: bool) {
+fn log_counters(probes: &loader::Probes, stats: &Stats) {
     if let Ok(k) = probes.counters() {
         let lost = k[agent_common::counter::LOST_RINGBUF_FULL as usize]
             + k[agent_common::counter::LOST_INFLIGHT_FULL as usize]
@@ -151,7 +151,7 @@ fn log_counters(probes: &loader::Probes, stats: &Stats, all: bool) {
         }
     }
     let snap = stats.snapshot();
-    debug!(?snap, all, "counters");
+    debug!(?snap, "counters");
 }
 
 /// Connection tracking, parsing and span making: single-threaded, fed by capture.

@@ -130,11 +130,6 @@ impl Processes {
         self.cache.insert(pid, info.clone());
         info
     }
-
-    /// Forgets a process (it exited).
-    pub fn forget(&mut self, pid: u32) {
-        self.cache.remove(&pid);
-    }
 }
 
 #[cfg(test)]

@@ -140,11 +140,15 @@ fn unknown_pid_is_one_clear_error() {
 
 #[test]
 fn own_pid_is_refused() {
-    // The agent cannot know its pid in advance; a pid that is not running is the closest, and the
-    // kernel filter excludes the agent's own tgid whatever the map says (see agent-ebpf).
-    let (code, stderr) = run_agent(&["--pid", "0"]);
-    assert_ne!(code, 0);
-    assert!(stderr.starts_with("error:"), "{stderr}");
+    // `exec` keeps the shell's pid, so `$$` is the agent's own pid.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {} --pid $$", agent_bin().display()))
+        .output()
+        .expect("sh runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("never traces itself"), "{stderr}");
 }
 
 #[test]

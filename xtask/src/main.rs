@@ -214,9 +214,12 @@ fn test(extra: &[String]) -> Result<()> {
     let cargo_path = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // Unit tests read the running kernel's BTF; the end-to-end tests load eBPF: both as root
     // (through sudo when not root already).
-    run(as_root(&cargo_path)
-        .current_dir(root())
-        .args(["test", "--workspace", "--exclude", "agent-e2e"]))?;
+    run(as_root(&cargo_path).current_dir(root()).args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "agent-e2e",
+    ]))?;
     run(as_root(&cargo_path)
         .current_dir(root())
         .args(["test", "--package", "agent-e2e", "--", "--test-threads=1"])
