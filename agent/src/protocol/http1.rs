@@ -180,21 +180,99 @@ struct Pending {
     request: Request,
 }
 
+/// Framing state of one direction.
+#[derive(Debug)]
+struct Side {
+    phase: Phase,
+    /// Syscall that carried the last byte read of the message in progress.
+    last: SyscallTime,
+    /// Body bytes read so far of the message in progress.
+    body: u64,
+}
+
+/// What reading a body came to.
+enum BodyProgress {
+    Done,
+    NeedMore,
+    /// Framing lost; the side is now `Lost`.
+    Lost,
+}
+
+impl Side {
+    fn new() -> Self {
+        Self {
+            phase: Phase::Head,
+            last: SyscallTime::default(),
+            body: 0,
+        }
+    }
+
+    /// Starts reading the body of a message whose head was just parsed.
+    fn start_body(&mut self, framing: Framing) {
+        self.body = 0;
+        self.phase = match framing {
+            Framing::Empty | Framing::Length(0) => Phase::Head,
+            Framing::Length(n) => Phase::Body { remaining: n },
+            Framing::Chunked => Phase::ChunkSize,
+            Framing::UntilClose => Phase::UntilClose,
+            Framing::Tunnel => Phase::Tunnel,
+        };
+    }
+
+    /// The head is unreadable or the framing broke: the rest of this syscall's bytes belong to
+    /// the broken message.
+    fn lose(&mut self, s: &mut Stream, stats: &Stats) {
+        stats.inc(&stats.http_resyncs);
+        self.phase = Phase::Lost;
+        lose(s, &mut self.last);
+    }
+
+    fn advance(&mut self, s: &mut Stream, stats: &Stats) -> BodyProgress {
+        let (phase, done) = advance_body(self.phase, s, &mut self.last, &mut self.body);
+        self.phase = phase;
+        if done {
+            BodyProgress::Done
+        } else if phase == Phase::Lost {
+            self.lose(s, stats);
+            BodyProgress::Lost
+        } else {
+            BodyProgress::NeedMore
+        }
+    }
+
+    /// In `Lost`: consumes bytes until a syscall's data starts a message that looks like
+    /// `wanted`. Returns true when one was found (the phase is then `Head`).
+    fn resync(&mut self, s: &mut Stream, wanted: Looks) -> bool {
+        loop {
+            if s.at_syscall_start() {
+                match looks_like(s.head()) {
+                    l if l == wanted => {
+                        self.phase = Phase::Head;
+                        return true;
+                    }
+                    Looks::Undecided if !s.at_gap() && s.head().len() as u64 == s.available() => {
+                        return false;
+                    }
+                    _ => {}
+                }
+            }
+            lose(s, &mut self.last);
+            if s.available() == 0 {
+                return false;
+            }
+        }
+    }
+}
+
 /// Parse state of one HTTP/1 connection (both directions).
 #[derive(Debug)]
 pub struct Http1 {
-    req_phase: Phase,
-    resp_phase: Phase,
+    req: Side,
+    resp: Side,
     /// Id of the request whose body is being read, if any.
     req_current: Option<u64>,
     /// Response whose body is being read.
     resp_current: Option<Response>,
-    /// Last byte's syscall of the message being read, per side (for `Lost` and close).
-    req_last: SyscallTime,
-    resp_last: SyscallTime,
-    /// Body bytes read so far of the message in progress, per side.
-    req_body: u64,
-    resp_body: u64,
     pending: VecDeque<Pending>,
     next_id: u64,
     /// Pairing is uncertain after a resync: see the module documentation.
@@ -217,14 +295,10 @@ enum HeadResult<T> {
 impl Http1 {
     pub fn new() -> Self {
         Self {
-            req_phase: Phase::Head,
-            resp_phase: Phase::Head,
+            req: Side::new(),
+            resp: Side::new(),
             req_current: None,
             resp_current: None,
-            req_last: SyscallTime::default(),
-            resp_last: SyscallTime::default(),
-            req_body: 0,
-            resp_body: 0,
             pending: VecDeque::new(),
             next_id: 0,
             quarantine: false,
@@ -233,7 +307,7 @@ impl Http1 {
 
     /// True once the connection switched away from HTTP/1 (upgrade or tunnel).
     pub fn is_tunnel(&self) -> bool {
-        self.resp_phase == Phase::Tunnel
+        self.resp.phase == Phase::Tunnel
     }
 
     /// Requests waiting for a response.
@@ -243,140 +317,90 @@ impl Http1 {
 
     /// Parses what the request side has. Requests are queued until their response arrives.
     pub fn feed_requests(&mut self, s: &mut Stream, stats: &Stats) {
-        loop {
-            if s.available() == 0 {
-                return;
-            }
-            match self.req_phase {
-                Phase::Tunnel => {
-                    s.clear();
-                    return;
-                }
+        while s.available() > 0 {
+            match self.req.phase {
+                Phase::Tunnel => s.clear(),
                 Phase::Head => match parse_request(s) {
                     HeadResult::Done(request, consumed) => {
-                        let framing = request_framing(&request.headers);
-                        self.req_last = request.last;
-                        let id = self.next_id;
-                        self.next_id += 1;
-                        if self.quarantine
-                            && self.pending.is_empty()
-                            && self.resp_phase == Phase::Head
-                        {
-                            self.quarantine = false;
-                        }
-                        let connect = request.method.eq_ignore_ascii_case("CONNECT");
-                        if self.quarantine {
-                            stats.inc(&stats.requests_unanswered);
-                            self.req_current = None;
-                        } else {
-                            if self.pending.len() >= MAX_PENDING {
-                                self.pending.pop_front();
-                                stats.inc(&stats.requests_unanswered);
-                            }
-                            self.pending.push_back(Pending { id, request });
-                            self.req_current = Some(id);
-                        }
                         s.consume(consumed as u64);
-                        self.req_phase = if connect {
-                            // What follows a CONNECT is tunnelled once the proxy agrees.
-                            Phase::Head
-                        } else {
-                            self.start_body(framing, true)
-                        };
+                        self.queue_request(request, stats);
                     }
                     HeadResult::NeedMore => return,
-                    HeadResult::Invalid => {
-                        stats.inc(&stats.http_resyncs);
-                        self.req_phase = Phase::Lost;
-                        lose(s, &mut self.req_last);
-                    }
+                    HeadResult::Invalid => self.req.lose(s, stats),
                 },
                 Phase::Lost => {
-                    if !self.resync(s, true) {
+                    if !self.req.resync(s, Looks::Request) {
                         return;
                     }
+                    self.finish_request_body();
                     // Skipped bytes may have held whole requests: waiting ones lose their pair.
                     self.quarantine_if_pending(stats);
                 }
-                _ => {
-                    let (phase, done) =
-                        advance_body(self.req_phase, s, &mut self.req_last, &mut self.req_body);
-                    self.req_phase = phase;
-                    if done {
-                        self.finish_request_body(self.req_body);
-                        self.req_phase = Phase::Head;
-                    } else if phase != Phase::Lost {
-                        return;
-                    } else {
-                        stats.inc(&stats.http_resyncs);
-                        lose(s, &mut self.req_last);
+                _ => match self.req.advance(s, stats) {
+                    BodyProgress::Done => {
+                        self.finish_request_body();
+                        self.req.phase = Phase::Head;
                     }
-                }
+                    BodyProgress::NeedMore => return,
+                    BodyProgress::Lost => {}
+                },
             }
+        }
+    }
+
+    /// Queues a parsed request (unless pairing is quarantined) and starts on its body.
+    fn queue_request(&mut self, request: Request, stats: &Stats) {
+        let framing = request_framing(&request.headers);
+        let connect = request.method.eq_ignore_ascii_case("CONNECT");
+        self.req.last = request.last;
+        let id = self.next_id;
+        self.next_id += 1;
+        if self.quarantine && self.pending.is_empty() && self.resp.phase == Phase::Head {
+            self.quarantine = false;
+        }
+        if self.quarantine {
+            stats.inc(&stats.requests_unanswered);
+            self.req_current = None;
+        } else {
+            if self.pending.len() >= MAX_PENDING {
+                self.pending.pop_front();
+                stats.inc(&stats.requests_unanswered);
+            }
+            self.pending.push_back(Pending { id, request });
+            self.req_current = Some(id);
+        }
+        // What follows a CONNECT is tunnelled once the proxy agrees (seen on the response).
+        self.req
+            .start_body(if connect { Framing::Empty } else { framing });
+        if self.req.phase == Phase::Head {
+            self.finish_request_body();
         }
     }
 
     /// Parses what the response side has; each complete response is paired with the oldest
     /// pending request and returned as an exchange.
     pub fn feed_responses(&mut self, s: &mut Stream, stats: &Stats, out: &mut Vec<Exchange>) {
-        loop {
-            if s.available() == 0 {
-                return;
-            }
-            match self.resp_phase {
-                Phase::Tunnel => {
-                    s.clear();
-                    return;
-                }
+        while s.available() > 0 {
+            match self.resp.phase {
+                Phase::Tunnel => s.clear(),
                 Phase::Head => match parse_response(s) {
                     HeadResult::Done(response, consumed) => {
                         s.consume(consumed as u64);
-                        self.resp_last = response.last;
-                        let front = if self.quarantine {
-                            None
-                        } else {
-                            self.pending.front()
-                        };
-                        let Some(front) = front else {
-                            stats.inc(&stats.responses_unpaired);
-                            // Skip its body all the same, to stay in step.
-                            let framing = response_framing("GET", &response);
-                            self.resp_phase = self.start_body(framing, false);
-                            self.resp_current = None;
-                            continue;
-                        };
-                        if (100..200).contains(&response.status) && response.status != 101 {
-                            // Interim response (100 Continue, 103 Early Hints): no body, the
-                            // request is still waiting for its final answer.
-                            continue;
-                        }
-                        let framing = response_framing(&front.request.method, &response);
-                        self.resp_current = Some(response);
-                        self.resp_phase = self.start_body(framing, false);
-                        if framing == Framing::Tunnel {
-                            self.complete_response(out);
-                            self.req_phase = Phase::Tunnel;
-                            self.resp_phase = Phase::Tunnel;
-                        } else if self.resp_phase == Phase::Head {
-                            self.complete_response(out);
-                        }
+                        self.start_response(response, stats, out);
                     }
                     HeadResult::NeedMore => return,
-                    HeadResult::Invalid => {
-                        stats.inc(&stats.http_resyncs);
-                        self.resp_phase = Phase::Lost;
-                        lose(s, &mut self.resp_last);
-                    }
+                    HeadResult::Invalid => self.resp.lose(s, stats),
                 },
                 Phase::Lost => {
-                    if !self.resync(s, false) {
+                    if !self.resp.resync(s, Looks::Response) {
                         return;
                     }
                     // The response whose head was parsed is certain; whatever else the skipped
                     // bytes held is not.
+                    self.update_response();
                     self.complete_response(out);
                     // A skipped syscall can only have answered a request sent before it.
-                    let skipped_until = self.resp_last.exit_ns;
+                    let skipped_until = self.resp.last.exit_ns;
                     if self
                         .pending
                         .iter()
@@ -386,40 +410,63 @@ impl Http1 {
                     }
                 }
                 _ => {
-                    let (phase, done) =
-                        advance_body(self.resp_phase, s, &mut self.resp_last, &mut self.resp_body);
-                    self.resp_phase = phase;
-                    if let Some(r) = self.resp_current.as_mut() {
-                        r.body_len = self.resp_body;
-                        r.last = self.resp_last;
-                    }
-                    if done {
-                        self.resp_phase = Phase::Head;
-                        self.complete_response(out);
-                    } else if phase != Phase::Lost {
-                        return;
-                    } else {
-                        stats.inc(&stats.http_resyncs);
-                        lose(s, &mut self.resp_last);
+                    let progress = self.resp.advance(s, stats);
+                    self.update_response();
+                    match progress {
+                        BodyProgress::Done => {
+                            self.resp.phase = Phase::Head;
+                            self.complete_response(out);
+                        }
+                        BodyProgress::NeedMore => return,
+                        BodyProgress::Lost => {}
                     }
                 }
             }
         }
     }
 
+    /// A response head was parsed: pair it, or skip it when nothing can be paired with it.
+    fn start_response(&mut self, response: Response, stats: &Stats, out: &mut Vec<Exchange>) {
+        self.resp.last = response.last;
+        let front = if self.quarantine {
+            None
+        } else {
+            self.pending.front()
+        };
+        let Some(front) = front else {
+            stats.inc(&stats.responses_unpaired);
+            // Skip its body all the same, to stay in step.
+            self.resp.start_body(response_framing("GET", &response));
+            self.resp_current = None;
+            return;
+        };
+        if (100..200).contains(&response.status) && response.status != 101 {
+            // Interim response (100 Continue, 103 Early Hints): no body, the request is still
+            // waiting for its final answer.
+            return;
+        }
+        let framing = response_framing(&front.request.method, &response);
+        self.resp_current = Some(response);
+        self.resp.start_body(framing);
+        if framing == Framing::Tunnel {
+            self.complete_response(out);
+            self.req.phase = Phase::Tunnel;
+        } else if self.resp.phase == Phase::Head {
+            self.complete_response(out);
+        }
+    }
+
     /// The connection closed: a response delimited by close (or whose framing was lost) ends
     /// here; requests still waiting are counted as unanswered.
     pub fn close(&mut self, stats: &Stats, out: &mut Vec<Exchange>) {
-        if matches!(self.resp_phase, Phase::UntilClose | Phase::Lost) {
-            if let Some(r) = self.resp_current.as_mut() {
-                r.last = self.resp_last;
-            }
+        if matches!(self.resp.phase, Phase::UntilClose | Phase::Lost) {
+            self.update_response();
             self.complete_response(out);
         }
         stats.add(&stats.requests_unanswered, self.pending.len() as u64);
         self.pending.clear();
-        self.req_phase = Phase::Head;
-        self.resp_phase = Phase::Head;
+        self.req.phase = Phase::Head;
+        self.resp.phase = Phase::Head;
     }
 
     fn quarantine_if_pending(&mut self, stats: &Stats) {
@@ -431,31 +478,21 @@ impl Http1 {
         }
     }
 
-    fn start_body(&mut self, framing: Framing, request: bool) -> Phase {
-        if request {
-            self.req_body = 0;
-        } else {
-            self.resp_body = 0;
-        }
-        let phase = match framing {
-            Framing::Empty | Framing::Length(0) => Phase::Head,
-            Framing::Length(n) => Phase::Body { remaining: n },
-            Framing::Chunked => Phase::ChunkSize,
-            Framing::UntilClose => Phase::UntilClose,
-            Framing::Tunnel => Phase::Tunnel,
-        };
-        if request && phase == Phase::Head {
-            self.finish_request_body(0);
-        }
-        phase
-    }
-
-    fn finish_request_body(&mut self, body: u64) {
+    /// Records the request side's body length and last byte on the request being read.
+    fn finish_request_body(&mut self) {
         if let Some(id) = self.req_current.take()
             && let Some(p) = self.pending.iter_mut().find(|p| p.id == id)
         {
-            p.request.body_len = body;
-            p.request.last = self.req_last;
+            p.request.body_len = self.req.body;
+            p.request.last = self.req.last;
+        }
+    }
+
+    /// Copies the response side's progress onto the response being read.
+    fn update_response(&mut self) {
+        if let Some(r) = self.resp_current.as_mut() {
+            r.body_len = self.resp.body;
+            r.last = self.resp.last;
         }
     }
 
@@ -473,50 +510,6 @@ impl Http1 {
                 request: p.request,
                 response,
             });
-        }
-    }
-
-    /// In `Lost`: consumes bytes until a syscall's data starts a new message of this side.
-    /// Returns true when one was found (the phase is then `Head`).
-    fn resync(&mut self, s: &mut Stream, request: bool) -> bool {
-        loop {
-            if s.at_syscall_start() {
-                let wanted = if request {
-                    Looks::Request
-                } else {
-                    Looks::Response
-                };
-                match looks_like(s.head()) {
-                    l if l == wanted => {
-                        if request {
-                            self.finish_request_body(self.req_body);
-                            self.req_phase = Phase::Head;
-                        } else {
-                            self.resp_phase = Phase::Head;
-                            if let Some(r) = self.resp_current.as_mut() {
-                                r.last = self.resp_last;
-                            }
-                        }
-                        return true;
-                    }
-                    Looks::Undecided if !s.at_gap() && s.head().len() as u64 == s.available() => {
-                        return false;
-                    }
-                    _ => {}
-                }
-            }
-            // This syscall's bytes belong to the lost message.
-            lose(
-                s,
-                if request {
-                    &mut self.req_last
-                } else {
-                    &mut self.resp_last
-                },
-            );
-            if s.available() == 0 {
-                return false;
-            }
         }
     }
 }
