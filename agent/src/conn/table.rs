@@ -66,6 +66,13 @@ enum Proto {
     Other,
 }
 
+fn opposite(dir: Direction) -> Direction {
+    match dir {
+        Direction::Ingress => Direction::Egress,
+        Direction::Egress => Direction::Ingress,
+    }
+}
+
 /// Syscall starts examined on a connection first seen mid-stream before giving up on it.
 const MAX_DETECT_TRIES: u8 = 8;
 
@@ -274,14 +281,6 @@ impl ConnTable {
 }
 
 impl Conn {
-    /// The streams carrying requests and responses, once the role is known.
-    fn sides(&mut self) -> Option<(&mut Stream, &mut Stream)> {
-        match self.role? {
-            Role::Server => Some((&mut self.ingress, &mut self.egress)),
-            Role::Client => Some((&mut self.egress, &mut self.ingress)),
-        }
-    }
-
     fn process(&mut self, tgid: u32, stats: &Stats, out: &mut Vec<ConnExchange>) {
         if let Proto::Detecting { .. } = self.proto {
             self.detect(stats);
@@ -326,14 +325,26 @@ impl Conn {
                     _ => None,
                 };
             }
-            let from_start = self.from_start;
-            let Some((req, resp)) = self.sides() else {
+            let Some(req_dir) = self.request_direction() else {
                 // Neither side says anything yet: forget bytes that cannot start a message.
-                self.skip_undecidable(stats);
+                let mut skipped = false;
+                for dir in [Direction::Ingress, Direction::Egress] {
+                    let s = self.stream(dir);
+                    if s.available() > 0 && http1::looks_like(s.head()) == Looks::NotHttp {
+                        if !self.reject(dir, stats) {
+                            return;
+                        }
+                        skipped = true;
+                    }
+                }
+                if skipped {
+                    continue;
+                }
                 return;
             };
             // Responses seen before any request cannot be paired.
-            resp.clear();
+            self.stream(opposite(req_dir)).clear();
+            let req = self.stream(req_dir);
             if req.available() == 0 {
                 return;
             }
@@ -349,14 +360,7 @@ impl Conn {
                 }
                 Looks::Undecided => return,
                 Looks::Response | Looks::NotHttp => {
-                    if from_start || !self.note_failed_try(stats) {
-                        self.give_up(stats);
-                        return;
-                    }
-                    if let Some((req, _)) = self.sides()
-                        && !req.skip_to_next_syscall()
-                    {
-                        req.clear();
+                    if !self.reject(req_dir, stats) {
                         return;
                     }
                 }
@@ -364,42 +368,38 @@ impl Conn {
         }
     }
 
-    /// Counts a failed detection try; false once the connection has had too many.
-    fn note_failed_try(&mut self, _stats: &Stats) -> bool {
-        if let Proto::Detecting { tries } = &mut self.proto {
-            *tries += 1;
-            *tries < MAX_DETECT_TRIES
-        } else {
-            false
+    /// The direction that carries requests, once the role is known.
+    fn request_direction(&self) -> Option<Direction> {
+        match self.role? {
+            Role::Server => Some(Direction::Ingress),
+            Role::Client => Some(Direction::Egress),
         }
     }
 
-    /// Role unknown and nothing looks like HTTP yet.
-    fn skip_undecidable(&mut self, stats: &Stats) {
-        for dir in [Direction::Ingress, Direction::Egress] {
-            let s = match dir {
-                Direction::Ingress => &mut self.ingress,
-                Direction::Egress => &mut self.egress,
-            };
-            if s.available() > 0 && http1::looks_like(s.head()) == Looks::NotHttp {
-                if self.from_start
-                    || !matches!(self.proto, Proto::Detecting { tries } if tries + 1 < MAX_DETECT_TRIES)
-                {
-                    self.give_up(stats);
-                    return;
-                }
-                if let Proto::Detecting { tries } = &mut self.proto {
-                    *tries += 1;
-                }
-                let s = match dir {
-                    Direction::Ingress => &mut self.ingress,
-                    Direction::Egress => &mut self.egress,
-                };
-                if !s.skip_to_next_syscall() {
-                    s.clear();
-                }
-            }
+    fn stream(&mut self, dir: Direction) -> &mut Stream {
+        match dir {
+            Direction::Ingress => &mut self.ingress,
+            Direction::Egress => &mut self.egress,
         }
+    }
+
+    /// The syscall's bytes at the front of `dir` cannot begin a message. A connection seen from
+    /// its start, or that has had `MAX_DETECT_TRIES`, is given up (false); otherwise those bytes
+    /// are skipped (true).
+    fn reject(&mut self, dir: Direction, stats: &Stats) -> bool {
+        let Proto::Detecting { tries } = &mut self.proto else {
+            return false;
+        };
+        *tries += 1;
+        if self.from_start || *tries >= MAX_DETECT_TRIES {
+            self.give_up(stats);
+            return false;
+        }
+        let s = self.stream(dir);
+        if !s.skip_to_next_syscall() {
+            s.clear();
+        }
+        true
     }
 
     fn give_up(&mut self, stats: &Stats) {
