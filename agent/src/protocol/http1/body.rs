@@ -1,0 +1,290 @@
+//! Message bodies: framing rules (RFC 9112 §6.3) and the per-direction state that reads a body
+//! by count, through chunked coding and through gaps.
+
+use super::{
+    Headers, Response,
+    head::{Looks, MAX_HEAD, looks_like},
+};
+use crate::{
+    conn::{Stream, SyscallTime},
+    stats::Stats,
+};
+
+/// Longest chunk-size line (with extensions).
+const MAX_CHUNK_LINE: usize = 1024;
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+    /// After 101 or a successful CONNECT: the bytes are no longer HTTP/1.
+    Tunnel,
+}
+
+/// Where a side is within its current message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    Head,
+    Body {
+        remaining: u64,
+    },
+    ChunkSize,
+    ChunkData {
+        remaining: u64,
+    },
+    ChunkEnd {
+        remaining: u64,
+    },
+    Trailers,
+    UntilClose,
+    /// Framing lost: waiting for a syscall whose data starts a new message.
+    Lost,
+    /// Not HTTP/1 any more (upgrade, tunnel).
+    Tunnel,
+}
+
+/// Framing state of one direction.
+#[derive(Debug)]
+pub(super) struct Side {
+    pub(super) phase: Phase,
+    /// Syscall that carried the last byte read of the message in progress.
+    pub(super) last: SyscallTime,
+    /// Body bytes read so far of the message in progress.
+    pub(super) body: u64,
+}
+
+/// What reading a body came to.
+pub(super) enum BodyProgress {
+    Done,
+    NeedMore,
+    /// Framing lost; the side is now `Lost`.
+    Lost,
+}
+
+impl Side {
+    pub(super) fn new() -> Self {
+        Self {
+            phase: Phase::Head,
+            last: SyscallTime::default(),
+            body: 0,
+        }
+    }
+
+    /// Starts reading the body of a message whose head was just parsed.
+    pub(super) fn start_body(&mut self, framing: Framing) {
+        self.body = 0;
+        self.phase = match framing {
+            Framing::Empty | Framing::Length(0) => Phase::Head,
+            Framing::Length(n) => Phase::Body { remaining: n },
+            Framing::Chunked => Phase::ChunkSize,
+            Framing::UntilClose => Phase::UntilClose,
+            Framing::Tunnel => Phase::Tunnel,
+        };
+    }
+
+    /// The head is unreadable or the framing broke: the rest of this syscall's bytes belong to
+    /// the broken message.
+    pub(super) fn lose(&mut self, s: &mut Stream, stats: &Stats) {
+        stats.inc(&stats.http_resyncs);
+        self.phase = Phase::Lost;
+        lose(s, &mut self.last);
+    }
+
+    pub(super) fn advance(&mut self, s: &mut Stream, stats: &Stats) -> BodyProgress {
+        let (phase, done) = advance_body(self.phase, s, &mut self.last, &mut self.body);
+        self.phase = phase;
+        if done {
+            BodyProgress::Done
+        } else if phase == Phase::Lost {
+            self.lose(s, stats);
+            BodyProgress::Lost
+        } else {
+            BodyProgress::NeedMore
+        }
+    }
+
+    /// In `Lost`: consumes bytes until a syscall's data starts a message that looks like
+    /// `wanted`. Returns true when one was found (the phase is then `Head`).
+    pub(super) fn resync(&mut self, s: &mut Stream, wanted: Looks) -> bool {
+        loop {
+            if s.at_syscall_start() {
+                match looks_like(s.head()) {
+                    l if l == wanted => {
+                        self.phase = Phase::Head;
+                        return true;
+                    }
+                    Looks::Undecided if !s.at_gap() && s.head().len() as u64 == s.available() => {
+                        return false;
+                    }
+                    _ => {}
+                }
+            }
+            lose(s, &mut self.last);
+            if s.available() == 0 {
+                return false;
+            }
+        }
+    }
+}
+
+/// Moves through a body, adding to `body` and updating `last` (the syscall of the last byte
+/// read); returns the new phase and whether the body is complete.
+fn advance_body(
+    mut phase: Phase,
+    s: &mut Stream,
+    last: &mut SyscallTime,
+    body: &mut u64,
+) -> (Phase, bool) {
+    loop {
+        match phase {
+            Phase::Body { remaining } | Phase::ChunkData { remaining } => {
+                let n = remaining.min(s.available());
+                if n == 0 {
+                    return (phase, false);
+                }
+                if let Some(t) = s.time_at(s.pos() + n - 1) {
+                    *last = t;
+                }
+                s.consume(n);
+                *body += n;
+                let left = remaining - n;
+                phase = match (phase, left) {
+                    (Phase::Body { .. }, 0) => return (Phase::Head, true),
+                    (Phase::Body { .. }, _) => Phase::Body { remaining: left },
+                    (_, 0) => Phase::ChunkEnd { remaining: 2 },
+                    (_, _) => Phase::ChunkData { remaining: left },
+                };
+                if left > 0 {
+                    return (phase, false);
+                }
+            }
+            Phase::ChunkEnd { remaining } => {
+                let n = remaining.min(s.available());
+                if n == 0 {
+                    return (phase, false);
+                }
+                if let Some(t) = s.time_at(s.pos() + n - 1) {
+                    *last = t;
+                }
+                s.consume(n);
+                let left = remaining - n;
+                if left > 0 {
+                    return (Phase::ChunkEnd { remaining: left }, false);
+                }
+                phase = Phase::ChunkSize;
+            }
+            Phase::ChunkSize | Phase::Trailers => {
+                if s.at_gap() {
+                    return (Phase::Lost, false);
+                }
+                let head = s.head();
+                let max = if phase == Phase::ChunkSize {
+                    MAX_CHUNK_LINE
+                } else {
+                    MAX_HEAD
+                };
+                let Some(eol) = find_crlf(head) else {
+                    if head.len() > max || (head.len() as u64) < s.available() {
+                        return (Phase::Lost, false);
+                    }
+                    return (phase, false);
+                };
+                let next = if phase == Phase::Trailers {
+                    (eol == 0).then_some(Phase::Head)
+                } else {
+                    match parse_chunk_size(&head[..eol]) {
+                        None => return (Phase::Lost, false),
+                        Some(0) => Some(Phase::Trailers),
+                        Some(size) => Some(Phase::ChunkData { remaining: size }),
+                    }
+                };
+                if let Some(t) = s.time_at(s.pos() + eol as u64 + 1) {
+                    *last = t;
+                }
+                s.consume(eol as u64 + 2);
+                match next {
+                    Some(Phase::Head) => return (Phase::Head, true),
+                    Some(p) => phase = p,
+                    None => {} // a trailer field line: keep reading trailers
+                }
+            }
+            Phase::UntilClose => {
+                let n = s.available();
+                if let Some(t) = s.time_at(s.pos() + n.saturating_sub(1)) {
+                    *last = t;
+                }
+                s.consume(n);
+                *body += n;
+                return (phase, false);
+            }
+            Phase::Head | Phase::Lost | Phase::Tunnel => return (phase, false),
+        }
+    }
+}
+
+/// Entering `Lost`: the rest of the current syscall's bytes belong to the broken message.
+fn lose(s: &mut Stream, last: &mut SyscallTime) {
+    if let Some(t) = s.time_at(s.pos()) {
+        *last = t;
+    }
+    if !s.skip_to_next_syscall() {
+        s.clear();
+    }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.split(|&b| b == b';').next()?.trim_ascii();
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+fn is_chunked(headers: &Headers) -> bool {
+    headers.0.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding")
+            && v.rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+    })
+}
+
+fn content_length(headers: &Headers) -> Option<u64> {
+    headers.get("content-length")?.trim().parse().ok()
+}
+
+/// RFC 9112 §6.3 for requests: chunked, else Content-Length, else no body.
+pub(super) fn request_framing(headers: &Headers) -> Framing {
+    if is_chunked(headers) {
+        Framing::Chunked
+    } else {
+        content_length(headers).map_or(Framing::Empty, Framing::Length)
+    }
+}
+
+/// RFC 9112 §6.3 for responses, which depend on the request method.
+pub(super) fn response_framing(method: &str, r: &Response) -> Framing {
+    if r.status == 101 || (method.eq_ignore_ascii_case("CONNECT") && (200..300).contains(&r.status))
+    {
+        return Framing::Tunnel;
+    }
+    if method.eq_ignore_ascii_case("HEAD")
+        || (100..200).contains(&r.status)
+        || r.status == 204
+        || r.status == 304
+    {
+        return Framing::Empty;
+    }
+    if is_chunked(&r.headers) {
+        Framing::Chunked
+    } else {
+        content_length(&r.headers).map_or(Framing::UntilClose, Framing::Length)
+    }
+}

@@ -1,0 +1,143 @@
+//! Message heads: recognising where a message starts and parsing request and status lines and
+//! header fields with `httparse`.
+
+use super::{Headers, Request, Response};
+use crate::conn::Stream;
+
+/// Largest head accepted; a longer one is treated as lost framing.
+pub(super) const MAX_HEAD: usize = 32 * 1024;
+/// Most headers kept per message.
+const MAX_HEADERS: usize = 64;
+
+/// What the start of some bytes looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Looks {
+    Request,
+    Response,
+    /// Too short to tell yet.
+    Undecided,
+    NotHttp,
+}
+
+/// Classifies the first bytes of a stream.
+pub fn looks_like(buf: &[u8]) -> Looks {
+    let trimmed = trim_leading_crlf(buf);
+    if trimmed.is_empty() {
+        return Looks::Undecided;
+    }
+    const RESP: &[u8] = b"HTTP/1.";
+    if trimmed.len() < RESP.len() && RESP.starts_with(trimmed) {
+        return Looks::Undecided;
+    }
+    if trimmed.starts_with(RESP) {
+        return Looks::Response;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(trimmed) {
+        Ok(httparse::Status::Complete(_)) => Looks::Request,
+        Ok(httparse::Status::Partial) => {
+            // A partial parse is only trusted once the method and a space are there.
+            match trimmed.iter().position(|&b| b == b' ') {
+                Some(sp) if sp > 0 && trimmed[..sp].iter().all(|b| b.is_ascii_uppercase()) => {
+                    Looks::Request
+                }
+                None if trimmed.len() < 16 && trimmed.iter().all(|b| b.is_ascii_uppercase()) => {
+                    Looks::Undecided
+                }
+                _ => Looks::NotHttp,
+            }
+        }
+        Err(httparse::Error::TooManyHeaders) => Looks::Request,
+        Err(_) => Looks::NotHttp,
+    }
+}
+
+fn trim_leading_crlf(buf: &[u8]) -> &[u8] {
+    let n = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    &buf[n..]
+}
+
+/// Outcome of trying to parse one head.
+pub(super) enum HeadResult<T> {
+    Done(T, usize),
+    NeedMore,
+    Invalid,
+}
+
+/// Checks the head bytes at the front of `s` and decides whether to wait, give up or parse.
+fn head_bytes(s: &Stream) -> Option<&[u8]> {
+    let head = s.head();
+    if head.is_empty() {
+        return None; // in a gap
+    }
+    Some(head)
+}
+
+/// `NeedMore` unless the head can never complete (gap right after it, or too long).
+fn need_more_or_invalid<T>(s: &Stream, head_len: usize) -> HeadResult<T> {
+    if (head_len as u64) < s.available() || head_len > MAX_HEAD {
+        HeadResult::Invalid
+    } else {
+        HeadResult::NeedMore
+    }
+}
+
+pub(super) fn parse_request(s: &Stream) -> HeadResult<Request> {
+    let Some(head) = head_bytes(s) else {
+        return HeadResult::Invalid;
+    };
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(n)) => {
+            let time = |off: u64| s.time_at(off).unwrap_or_default();
+            let skipped = head.len() - trim_leading_crlf(head).len();
+            HeadResult::Done(
+                Request {
+                    method: req.method.unwrap_or_default().to_string(),
+                    target: req.path.unwrap_or_default().to_string(),
+                    minor_version: req.version.unwrap_or(1),
+                    headers: Headers::from_parsed(req.headers),
+                    first: time(s.pos() + skipped as u64),
+                    last: time(s.pos() + n as u64 - 1),
+                    body_len: 0,
+                },
+                n,
+            )
+        }
+        Ok(httparse::Status::Partial) => need_more_or_invalid(s, head.len()),
+        Err(_) => HeadResult::Invalid,
+    }
+}
+
+pub(super) fn parse_response(s: &Stream) -> HeadResult<Response> {
+    let Some(head) = head_bytes(s) else {
+        return HeadResult::Invalid;
+    };
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let skipped = head.len() - trim_leading_crlf(head).len();
+    match resp.parse(&head[skipped..]) {
+        Ok(httparse::Status::Complete(n)) => {
+            let n = n + skipped;
+            let time = |off: u64| s.time_at(off).unwrap_or_default();
+            HeadResult::Done(
+                Response {
+                    status: resp.code.unwrap_or(0),
+                    minor_version: resp.version.unwrap_or(1),
+                    headers: Headers::from_parsed(resp.headers),
+                    first: time(s.pos() + skipped as u64),
+                    last: time(s.pos() + n as u64 - 1),
+                    body_len: 0,
+                },
+                n,
+            )
+        }
+        Ok(httparse::Status::Partial) => need_more_or_invalid(s, head.len()),
+        Err(_) => HeadResult::Invalid,
+    }
+}

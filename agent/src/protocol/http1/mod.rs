@@ -1,0 +1,343 @@
+//! HTTP/1.0 and HTTP/1.1: heads parsed with `httparse`, bodies framed by `Content-Length`,
+//! chunked transfer coding or connection close (RFC 9112 §6), keep-alive and pipelining, and
+//! requests paired with responses strictly in order.
+//!
+//! Bodies are skipped by count, so bytes the kernel did not capture (gaps) are no obstacle.
+//! When framing is lost (a chunk-size line inside a gap, garbage), the side enters `Lost`: the
+//! message ends at the last byte before the next syscall whose data starts a new message, or at
+//! close. A response is never paired by guess: with no pending request it is counted and dropped,
+//! and after a resync that may have skipped whole messages while other requests were waiting,
+//! the connection is quarantined: pending requests are dropped (counted) and responses are not
+//! paired until a new request is read while the response side is idle.
+
+use std::collections::VecDeque;
+
+mod body;
+mod head;
+
+use body::{BodyProgress, Framing, Phase, Side, request_framing, response_framing};
+use head::{HeadResult, parse_request, parse_response};
+pub use head::{Looks, looks_like};
+
+use crate::{
+    conn::{Stream, SyscallTime},
+    stats::Stats,
+};
+
+/// Pending requests kept per connection (pipelining depth).
+const MAX_PENDING: usize = 64;
+
+/// Header fields of a message, names as sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(pub Vec<(String, String)>);
+
+impl Headers {
+    /// First value of a header, by case-insensitive name.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn from_parsed(headers: &[httparse::Header<'_>]) -> Self {
+        Headers(
+            headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).trim().to_string(),
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A request as seen on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The request target (path and query, or an absolute URI for proxies).
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub headers: Headers,
+    /// Syscall that carried the first byte.
+    pub first: SyscallTime,
+    /// Syscall that carried the last byte seen.
+    pub last: SyscallTime,
+    pub body_len: u64,
+}
+
+/// A response as seen on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub minor_version: u8,
+    pub headers: Headers,
+    pub first: SyscallTime,
+    pub last: SyscallTime,
+    pub body_len: u64,
+}
+
+/// A request and the response that answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub request: Request,
+    pub response: Response,
+}
+
+/// A request waiting for its response.
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    request: Request,
+}
+
+/// Parse state of one HTTP/1 connection (both directions).
+#[derive(Debug)]
+pub struct Http1 {
+    req: Side,
+    resp: Side,
+    /// Id of the request whose body is being read, if any.
+    req_current: Option<u64>,
+    /// Response whose body is being read.
+    resp_current: Option<Response>,
+    pending: VecDeque<Pending>,
+    next_id: u64,
+    /// Pairing is uncertain after a resync: see the module documentation.
+    quarantine: bool,
+}
+
+impl Default for Http1 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Http1 {
+    pub fn new() -> Self {
+        Self {
+            req: Side::new(),
+            resp: Side::new(),
+            req_current: None,
+            resp_current: None,
+            pending: VecDeque::new(),
+            next_id: 0,
+            quarantine: false,
+        }
+    }
+
+    /// True once the connection switched away from HTTP/1 (upgrade or tunnel).
+    pub fn is_tunnel(&self) -> bool {
+        self.resp.phase == Phase::Tunnel
+    }
+
+    /// Requests waiting for a response.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Parses what the request side has. Requests are queued until their response arrives.
+    pub fn feed_requests(&mut self, s: &mut Stream, stats: &Stats) {
+        while s.available() > 0 {
+            match self.req.phase {
+                Phase::Tunnel => s.clear(),
+                Phase::Head => match parse_request(s) {
+                    HeadResult::Done(request, consumed) => {
+                        s.consume(consumed as u64);
+                        self.queue_request(request, stats);
+                    }
+                    HeadResult::NeedMore => return,
+                    HeadResult::Invalid => self.req.lose(s, stats),
+                },
+                Phase::Lost => {
+                    if !self.req.resync(s, Looks::Request) {
+                        return;
+                    }
+                    self.finish_request_body();
+                    // Skipped bytes may have held whole requests: waiting ones lose their pair.
+                    self.quarantine_if_pending(stats);
+                }
+                _ => match self.req.advance(s, stats) {
+                    BodyProgress::Done => {
+                        self.finish_request_body();
+                        self.req.phase = Phase::Head;
+                    }
+                    BodyProgress::NeedMore => return,
+                    BodyProgress::Lost => {}
+                },
+            }
+        }
+    }
+
+    /// Queues a parsed request (unless pairing is quarantined) and starts on its body.
+    fn queue_request(&mut self, request: Request, stats: &Stats) {
+        let framing = request_framing(&request.headers);
+        let connect = request.method.eq_ignore_ascii_case("CONNECT");
+        self.req.last = request.last;
+        let id = self.next_id;
+        self.next_id += 1;
+        if self.quarantine && self.pending.is_empty() && self.resp.phase == Phase::Head {
+            self.quarantine = false;
+        }
+        if self.quarantine {
+            stats.inc(&stats.requests_unanswered);
+            self.req_current = None;
+        } else {
+            if self.pending.len() >= MAX_PENDING {
+                self.pending.pop_front();
+                stats.inc(&stats.requests_unanswered);
+            }
+            self.pending.push_back(Pending { id, request });
+            self.req_current = Some(id);
+        }
+        // What follows a CONNECT is tunnelled once the proxy agrees (seen on the response).
+        self.req
+            .start_body(if connect { Framing::Empty } else { framing });
+        if self.req.phase == Phase::Head {
+            self.finish_request_body();
+        }
+    }
+
+    /// Parses what the response side has; each complete response is paired with the oldest
+    /// pending request and returned as an exchange.
+    pub fn feed_responses(&mut self, s: &mut Stream, stats: &Stats, out: &mut Vec<Exchange>) {
+        while s.available() > 0 {
+            match self.resp.phase {
+                Phase::Tunnel => s.clear(),
+                Phase::Head => match parse_response(s) {
+                    HeadResult::Done(response, consumed) => {
+                        s.consume(consumed as u64);
+                        self.start_response(response, stats, out);
+                    }
+                    HeadResult::NeedMore => return,
+                    HeadResult::Invalid => self.resp.lose(s, stats),
+                },
+                Phase::Lost => {
+                    if !self.resp.resync(s, Looks::Response) {
+                        return;
+                    }
+                    // The response whose head was parsed is certain; whatever else the skipped
+                    // bytes held is not.
+                    self.update_response();
+                    self.complete_response(out);
+                    // A skipped syscall can only have answered a request sent before it.
+                    let skipped_until = self.resp.last.exit_ns;
+                    if self
+                        .pending
+                        .iter()
+                        .any(|p| p.request.first.enter_ns <= skipped_until)
+                    {
+                        self.quarantine_if_pending(stats);
+                    }
+                }
+                _ => {
+                    let progress = self.resp.advance(s, stats);
+                    self.update_response();
+                    match progress {
+                        BodyProgress::Done => {
+                            self.resp.phase = Phase::Head;
+                            self.complete_response(out);
+                        }
+                        BodyProgress::NeedMore => return,
+                        BodyProgress::Lost => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A response head was parsed: pair it, or skip it when nothing can be paired with it.
+    fn start_response(&mut self, response: Response, stats: &Stats, out: &mut Vec<Exchange>) {
+        self.resp.last = response.last;
+        let front = if self.quarantine {
+            None
+        } else {
+            self.pending.front()
+        };
+        let Some(front) = front else {
+            stats.inc(&stats.responses_unpaired);
+            // Skip its body all the same, to stay in step.
+            self.resp.start_body(response_framing("GET", &response));
+            self.resp_current = None;
+            return;
+        };
+        if (100..200).contains(&response.status) && response.status != 101 {
+            // Interim response (100 Continue, 103 Early Hints): no body, the request is still
+            // waiting for its final answer.
+            return;
+        }
+        let framing = response_framing(&front.request.method, &response);
+        self.resp_current = Some(response);
+        self.resp.start_body(framing);
+        if framing == Framing::Tunnel {
+            self.complete_response(out);
+            self.req.phase = Phase::Tunnel;
+        } else if self.resp.phase == Phase::Head {
+            self.complete_response(out);
+        }
+    }
+
+    /// The connection closed: a response delimited by close (or whose framing was lost) ends
+    /// here; requests still waiting are counted as unanswered.
+    pub fn close(&mut self, stats: &Stats, out: &mut Vec<Exchange>) {
+        if matches!(self.resp.phase, Phase::UntilClose | Phase::Lost) {
+            self.update_response();
+            self.complete_response(out);
+        }
+        stats.add(&stats.requests_unanswered, self.pending.len() as u64);
+        self.pending.clear();
+        self.req.phase = Phase::Head;
+        self.resp.phase = Phase::Head;
+    }
+
+    fn quarantine_if_pending(&mut self, stats: &Stats) {
+        if !self.pending.is_empty() {
+            stats.add(&stats.requests_unanswered, self.pending.len() as u64);
+            self.pending.clear();
+            self.req_current = None;
+            self.quarantine = true;
+        }
+    }
+
+    /// Records the request side's body length and last byte on the request being read.
+    fn finish_request_body(&mut self) {
+        if let Some(id) = self.req_current.take()
+            && let Some(p) = self.pending.iter_mut().find(|p| p.id == id)
+        {
+            p.request.body_len = self.req.body;
+            p.request.last = self.req.last;
+        }
+    }
+
+    /// Copies the response side's progress onto the response being read.
+    fn update_response(&mut self) {
+        if let Some(r) = self.resp_current.as_mut() {
+            r.body_len = self.resp.body;
+            r.last = self.resp.last;
+        }
+    }
+
+    /// Pairs the current response with the oldest pending request.
+    fn complete_response(&mut self, out: &mut Vec<Exchange>) {
+        let Some(response) = self.resp_current.take() else {
+            return;
+        };
+        if let Some(p) = self.pending.pop_front() {
+            if self.req_current == Some(p.id) {
+                // Answered before its body was fully read (early response).
+                self.req_current = None;
+            }
+            out.push(Exchange {
+                request: p.request,
+                response,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
