@@ -222,6 +222,8 @@ fn test(extra: &[String]) -> Result<()> {
         "--workspace",
         "--exclude",
         "agent-e2e",
+        "--exclude",
+        "agent-ebpf",
     ]))?;
     run(as_root(&cargo_path)
         .current_dir(root())
