@@ -185,10 +185,18 @@ async fn process_loop(
         emit(&mut exchanges, &mut processes, &mut rng, &tx, &stats);
     }
     table.close_all(&stats, &mut exchanges);
-    emit(&mut exchanges, &mut processes, &mut rng, &tx, &stats);
-    // Wait for room rather than drop at shutdown: these spans finished before the signal.
+    // At shutdown, wait for room rather than drop: these requests finished before the signal.
+    for ce in exchanges.drain(..) {
+        let span = trace::make_span(&ce, &mut processes, &mut rng);
+        stats.inc(&stats.spans_created);
+        if tx.send(span).await.is_err() {
+            stats.inc(&stats.spans_dropped_queue);
+        }
+    }
 }
 
+/// Turns exchanges into spans and queues them; a full queue drops (and counts) rather than
+/// stall event processing.
 fn emit(
     exchanges: &mut Vec<crate::conn::ConnExchange>,
     processes: &mut Processes,
