@@ -212,24 +212,81 @@ fn lint() -> Result<()> {
         .current_dir(root()))
 }
 
+/// Runs a test command, echoing its output, and adds up its `test result:` lines.
+fn run_tests(cmd: &mut Command, totals: &mut (u64, u64)) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let stdout = child.stdout.take().context("test output")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.context("reading test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            totals.0 += count("passed");
+            totals.1 += count("failed");
+        }
+    }
+    let status = child.wait().context("waiting for tests")?;
+    if !status.success() {
+        println!("{} passed, {} failed", totals.0, totals.1.max(1));
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
 fn test(extra: &[String]) -> Result<()> {
     build()?;
     let cargo_path = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut totals = (0, 0);
     // Unit tests read the running kernel's BTF; the end-to-end tests load eBPF: both as root
     // (through sudo when not root already).
-    run(as_root(&cargo_path).current_dir(root()).args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "agent-e2e",
-        "--exclude",
-        "agent-ebpf",
-    ]))?;
-    run(as_root(&cargo_path)
-        .current_dir(root())
-        .args(["test", "--package", "agent-e2e", "--", "--test-threads=1"])
-        .args(extra)
-        .env("AGENT_BIN", agent_bin()))
+    run_tests(
+        as_root(&cargo_path).current_dir(root()).args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "agent-e2e",
+            "--exclude",
+            "agent-ebpf",
+        ]),
+        &mut totals,
+    )?;
+    run_tests(
+        as_root(&cargo_path)
+            .current_dir(root())
+            .args([
+                "test",
+                "--package",
+                "agent-e2e",
+                "--tests",
+                "--",
+                "--test-threads=1",
+            ])
+            .args(extra)
+            .env("AGENT_BIN", agent_bin()),
+        &mut totals,
+    )?;
+    // One closing line for the whole suite.
+    println!("{} passed, {} failed", totals.0, totals.1);
+    if totals.0 == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
