@@ -183,13 +183,17 @@ impl Probes {
 
     /// Sums the per-CPU kernel counters.
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
-        let mut out = [0u64; counter::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let values = self.counters.get(&(i as u32), 0)?;
-            *slot = values.iter().sum();
-        }
-        Ok(out)
+        sum_counters(&self.counters)
     }
+}
+
+/// Sums a per-CPU counter map, indexed by `agent_common::counter`.
+pub fn sum_counters(map: &PerCpuArray<MapData, u64>) -> Result<[u64; counter::COUNT as usize]> {
+    let mut out = [0u64; counter::COUNT as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = map.get(&(i as u32), 0)?.iter().sum();
+    }
+    Ok(out)
 }
 
 /// Reads the BTF offsets with a message that says what to do on failure.

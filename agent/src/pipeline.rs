@@ -99,14 +99,14 @@ pub async fn run(args: Args) -> Result<()> {
     let process = tokio::spawn(process_loop(ev_rx, span_tx, stats.clone()));
     let export = tokio::spawn(export::run(sink, span_rx, stats.clone()));
 
+    // Handlers first: a signal from now on means a clean stop.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let mut processes = Processes::new(64);
     for &pid in &args.pids {
         let p = processes.get(pid);
         info!(pid, service = %p.service_name, "tracing");
     }
-
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut report = tokio::time::interval(Duration::from_secs(30));
     report.tick().await;
     loop {
@@ -119,12 +119,18 @@ pub async fn run(args: Args) -> Result<()> {
     info!("stopping: detaching programs and flushing spans");
 
     // Detach: no new events after this point.
-    let counters = probes.counters().ok();
-    drop(probes.ebpf);
+    let loader::Probes {
+        ebpf,
+        counters: counter_map,
+        ..
+    } = probes;
+    drop(ebpf);
     let _ = stop_tx.send(true);
     capture.await.context("capture task")??;
     process.await.context("process task")?;
     export.await.context("export task")??;
+    // Read after the drain, so the totals are final (the counter map outlives the programs).
+    let counters = loader::sum_counters(&counter_map).ok();
 
     if let Some(k) = counters {
         for (name, v) in stats::kernel_counter_names().iter().zip(k) {
