@@ -141,14 +141,10 @@ fn advance_body(
     loop {
         match phase {
             Phase::Body { remaining } | Phase::ChunkData { remaining } => {
-                let n = remaining.min(s.available());
+                let n = take(s, remaining, last);
                 if n == 0 {
                     return (phase, false);
                 }
-                if let Some(t) = s.time_at(s.pos() + n - 1) {
-                    *last = t;
-                }
-                s.consume(n);
                 *body += n;
                 let left = remaining - n;
                 phase = match (phase, left) {
@@ -162,14 +158,10 @@ fn advance_body(
                 }
             }
             Phase::ChunkEnd { remaining } => {
-                let n = remaining.min(s.available());
+                let n = take(s, remaining, last);
                 if n == 0 {
                     return (phase, false);
                 }
-                if let Some(t) = s.time_at(s.pos() + n - 1) {
-                    *last = t;
-                }
-                s.consume(n);
                 let left = remaining - n;
                 if left > 0 {
                     return (Phase::ChunkEnd { remaining: left }, false);
@@ -212,17 +204,25 @@ fn advance_body(
                 }
             }
             Phase::UntilClose => {
-                let n = s.available();
-                if let Some(t) = s.time_at(s.pos() + n.saturating_sub(1)) {
-                    *last = t;
-                }
-                s.consume(n);
-                *body += n;
+                *body += take(s, s.available(), last);
                 return (phase, false);
             }
             Phase::Head | Phase::Lost | Phase::Tunnel => return (phase, false),
         }
     }
+}
+
+/// Consumes up to `want` bytes (captured or not), noting the syscall that carried the last one;
+/// returns how many were consumed.
+fn take(s: &mut Stream, want: u64, last: &mut SyscallTime) -> u64 {
+    let n = want.min(s.available());
+    if n > 0 {
+        if let Some(t) = s.time_at(s.pos() + n - 1) {
+            *last = t;
+        }
+        s.consume(n);
+    }
+    n
 }
 
 /// Entering `Lost`: the rest of the current syscall's bytes belong to the broken message.

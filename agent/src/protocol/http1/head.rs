@@ -2,7 +2,7 @@
 //! header fields with `httparse`.
 
 use super::{Headers, Request, Response};
-use crate::conn::Stream;
+use crate::conn::{Stream, SyscallTime};
 
 /// Largest head accepted; a longer one is treated as lost framing.
 pub(super) const MAX_HEAD: usize = 32 * 1024;
@@ -86,6 +86,13 @@ fn need_more_or_invalid<T>(s: &Stream, head_len: usize) -> HeadResult<T> {
     }
 }
 
+/// Syscalls that carried the first and the last byte of a head ending `n` bytes after `pos`,
+/// after `skipped` blank-line bytes.
+fn head_times(s: &Stream, skipped: usize, n: usize) -> (SyscallTime, SyscallTime) {
+    let time = |off: u64| s.time_at(off).unwrap_or_default();
+    (time(s.pos() + skipped as u64), time(s.pos() + n as u64 - 1))
+}
+
 pub(super) fn parse_request(s: &Stream) -> HeadResult<Request> {
     let Some(head) = head_bytes(s) else {
         return HeadResult::Invalid;
@@ -94,16 +101,16 @@ pub(super) fn parse_request(s: &Stream) -> HeadResult<Request> {
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
         Ok(httparse::Status::Complete(n)) => {
-            let time = |off: u64| s.time_at(off).unwrap_or_default();
             let skipped = head.len() - trim_leading_crlf(head).len();
+            let (first, last) = head_times(s, skipped, n);
             HeadResult::Done(
                 Request {
                     method: req.method.unwrap_or_default().to_string(),
                     target: req.path.unwrap_or_default().to_string(),
                     minor_version: req.version.unwrap_or(1),
                     headers: Headers::from_parsed(req.headers),
-                    first: time(s.pos() + skipped as u64),
-                    last: time(s.pos() + n as u64 - 1),
+                    first,
+                    last,
                     body_len: 0,
                 },
                 n,
@@ -124,14 +131,14 @@ pub(super) fn parse_response(s: &Stream) -> HeadResult<Response> {
     match resp.parse(&head[skipped..]) {
         Ok(httparse::Status::Complete(n)) => {
             let n = n + skipped;
-            let time = |off: u64| s.time_at(off).unwrap_or_default();
+            let (first, last) = head_times(s, skipped, n);
             HeadResult::Done(
                 Response {
                     status: resp.code.unwrap_or(0),
                     minor_version: resp.version.unwrap_or(1),
                     headers: Headers::from_parsed(resp.headers),
-                    first: time(s.pos() + skipped as u64),
-                    last: time(s.pos() + n as u64 - 1),
+                    first,
+                    last,
                     body_len: 0,
                 },
                 n,
