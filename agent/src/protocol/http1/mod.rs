@@ -135,11 +135,6 @@ impl Http1 {
         self.resp.phase == Phase::Tunnel
     }
 
-    /// Requests waiting for a response.
-    pub fn pending(&self) -> usize {
-        self.pending.len()
-    }
-
     /// Parses what the request side has. Requests are queued until their response arrives.
     pub fn feed_requests(&mut self, s: &mut Stream, stats: &Stats) {
         while s.available() > 0 {
