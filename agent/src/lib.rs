@@ -7,6 +7,7 @@ pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod conn;
+pub mod elf;
 pub mod export;
 pub mod loader;
 pub mod pipeline;

@@ -21,12 +21,12 @@ use crate::{
     capture::{self, SocketEvent},
     cli::{Args, Format},
     clock,
-    conn::{ConnTable, Limits},
+    conn::{ConnRecord, ConnTable, Limits},
     export::{self, Sink, otlp, stdout},
     loader,
     process::{self, Processes},
     stats::{self, Stats},
-    trace::{self, Span},
+    trace::{Linker, Span, sampler::Sampler},
 };
 
 /// Events queued between capture and the process loop.
@@ -90,13 +90,15 @@ pub async fn run(args: Args) -> Result<()> {
         probes.trace_pid(pid)?;
     }
 
+    let sampler = Sampler::from_env();
+    debug!(?sampler, "sampler");
     let stats = Arc::new(Stats::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ev_tx, ev_rx) = mpsc::channel::<SocketEvent>(EVENT_QUEUE);
     let (span_tx, span_rx) = mpsc::channel::<Span>(queue_size());
 
     let capture = tokio::spawn(capture::run(ring, ev_tx, stats.clone(), stop_rx));
-    let process = tokio::spawn(process_loop(ev_rx, span_tx, stats.clone()));
+    let process = tokio::spawn(process_loop(ev_rx, span_tx, sampler, stats.clone()));
     let export = tokio::spawn(export::run(sink, span_rx, stats.clone()));
 
     // Handlers first: a signal from now on means a clean stop.
@@ -160,18 +162,23 @@ fn log_counters(probes: &loader::Probes, stats: &Stats) {
     debug!(?snap, "counters");
 }
 
-/// Connection tracking, parsing and span making: single-threaded, fed by capture.
+/// Connection tracking, parsing, linking and span making: single-threaded, fed by capture.
 async fn process_loop(
     mut rx: mpsc::Receiver<SocketEvent>,
     tx: mpsc::Sender<Span>,
+    sampler: Sampler,
     stats: Arc<Stats>,
 ) {
     let mut table = ConnTable::new(Limits::default());
+    let mut linker = Linker::new(sampler);
     let mut processes = Processes::new(4096);
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
-    let mut exchanges = Vec::new();
+    let mut records: Vec<ConnRecord> = Vec::new();
+    let mut spans: Vec<Span> = Vec::new();
     let mut batch = Vec::with_capacity(256);
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    // Frequent enough that a SERVER span waiting for its client is not held long.
+    let mut link_tick = tokio::time::interval(Duration::from_millis(100));
+    link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
     loop {
         tokio::select! {
@@ -180,40 +187,58 @@ async fn process_loop(
                     break;
                 }
                 for ev in batch.drain(..) {
-                    table.handle(&ev, &stats, &mut exchanges);
+                    table.handle(&ev, &stats, &mut records);
                 }
+            }
+            _ = link_tick.tick() => {
+                linker.tick(clock::monotonic_ns(), &mut processes, &stats, &mut spans);
             }
             _ = sweep.tick() => {
                 let cutoff = clock::monotonic_ns().saturating_sub(IDLE.as_nanos() as u64);
-                table.expire(cutoff, alive, &stats, &mut exchanges);
+                let gone = table.expire(cutoff, alive, &stats, &mut records);
+                for pid in gone {
+                    linker.forget_process(pid);
+                }
             }
         }
-        emit(&mut exchanges, &mut processes, &mut rng, &tx, &stats);
+        for rec in records.drain(..) {
+            linker.record(rec, &mut processes, &stats, &mut spans);
+        }
+        emit(&mut spans, &tx, &stats);
     }
-    table.close_all(&stats, &mut exchanges);
+    table.close_all(&stats, &mut records);
+    for rec in records.drain(..) {
+        linker.record(rec, &mut processes, &stats, &mut spans);
+    }
+    linker.flush(&mut processes, &stats, &mut spans);
     // At shutdown, wait for room rather than drop: these requests finished before the signal.
-    for ce in exchanges.drain(..) {
-        let span = trace::make_span(&ce, &mut processes, &mut rng);
-        stats.inc(&stats.spans_created);
-        if tx.send(span).await.is_err() {
+    for span in spans.drain(..) {
+        if let Some(span) = keep(span, &stats)
+            && tx.send(span).await.is_err()
+        {
             stats.inc(&stats.spans_dropped_queue);
         }
     }
 }
 
-/// Turns exchanges into spans and queues them; a full queue drops (and counts) rather than
-/// stall event processing.
-fn emit(
-    exchanges: &mut Vec<crate::conn::ConnExchange>,
-    processes: &mut Processes,
-    rng: &mut impl rand::Rng,
-    tx: &mpsc::Sender<Span>,
-    stats: &Stats,
-) {
-    for ce in exchanges.drain(..) {
-        let span = trace::make_span(&ce, processes, rng);
-        stats.inc(&stats.spans_created);
-        if tx.try_send(span).is_err() {
+/// Counts a span and applies the sampler's decision.
+fn keep(span: Span, stats: &Stats) -> Option<Span> {
+    stats.inc(&stats.spans_created);
+    if span.sampled {
+        Some(span)
+    } else {
+        stats.inc(&stats.spans_unsampled);
+        None
+    }
+}
+
+/// Queues sampled spans for export; a full queue drops (and counts) rather than stall event
+/// processing.
+fn emit(spans: &mut Vec<Span>, tx: &mpsc::Sender<Span>, stats: &Stats) {
+    for span in spans.drain(..) {
+        if let Some(span) = keep(span, stats)
+            && tx.try_send(span).is_err()
+        {
             stats.inc(&stats.spans_dropped_queue);
         }
     }

@@ -1,7 +1,54 @@
-//! What the agent knows about a traced process: its service name and the resource attributes
-//! its spans carry. Read once from /proc per process and cached (bounded).
+//! What the agent knows about a traced process: its service name, the resource attributes its
+//! spans carry, and the runtime that runs it (which decides whether its threads can be used to
+//! link spans). Read once from /proc per process and cached (bounded).
 
 use std::{collections::HashMap, path::Path, sync::Arc};
+
+use crate::elf::Elf;
+
+/// The runtime of a process, as far as linking spans by thread is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// Go: goroutines move between OS threads (M:N scheduling).
+    Go,
+    /// An event loop on libuv (Node.js and others): one thread serves many requests at once.
+    Libuv,
+    /// Anything else; threads may serve one request at a time.
+    Native,
+}
+
+impl Runtime {
+    /// True when a thread's current request says nothing about which request a call belongs to.
+    pub fn multiplexes_threads(self) -> bool {
+        matches!(self, Runtime::Go | Runtime::Libuv)
+    }
+
+    /// `process.runtime.name`, when the runtime is known.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            Runtime::Go => Some("go"),
+            Runtime::Libuv => Some("nodejs"),
+            Runtime::Native => None,
+        }
+    }
+}
+
+/// Looks at the executable (Go sections, libuv's exported symbols) and the mapped libraries.
+pub fn detect_runtime(dir: &Path) -> Runtime {
+    if let Ok(elf) = Elf::open(&dir.join("exe")) {
+        if elf.has_section(".go.buildinfo") || elf.has_section(".gopclntab") {
+            return Runtime::Go;
+        }
+        if elf.defines_dynamic_symbol("uv_run") {
+            return Runtime::Libuv;
+        }
+    }
+    let maps = std::fs::read_to_string(dir.join("maps")).unwrap_or_default();
+    if maps.lines().any(|l| l.contains("/libuv.so")) {
+        return Runtime::Libuv;
+    }
+    Runtime::Native
+}
 
 /// Resource attributes of one traced process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +60,7 @@ pub struct ProcessInfo {
     pub executable_path: String,
     pub command_line: String,
     pub host_name: String,
+    pub runtime: Runtime,
 }
 
 /// Why a process cannot be looked at.
@@ -85,6 +133,7 @@ pub fn read(proc_root: &Path, pid: u32, host_name: &str) -> Result<ProcessInfo, 
         executable_path,
         command_line,
         host_name: host_name.to_string(),
+        runtime: detect_runtime(&dir),
     })
 }
 
@@ -120,6 +169,7 @@ impl Processes {
                 executable_path: String::new(),
                 command_line: String::new(),
                 host_name: self.host_name.clone(),
+                runtime: Runtime::Native,
             }
         });
         if self.cache.len() >= self.capacity {
@@ -154,6 +204,19 @@ mod tests {
         assert_eq!(info.pid, me);
         assert!(!info.executable_name.is_empty());
         assert!(info.command_line.contains(&info.executable_name) || !info.command_line.is_empty());
+        assert_eq!(info.runtime, Runtime::Native);
+    }
+
+    #[test]
+    fn node_is_an_event_loop() {
+        let mut child = std::process::Command::new("node")
+            .args(["-e", "setTimeout(() => {}, 5000)"])
+            .spawn()
+            .expect("node is installed (cargo xtask setup)");
+        let runtime = detect_runtime(&Path::new("/proc").join(child.id().to_string()));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(runtime, Runtime::Libuv);
     }
 
     #[test]

@@ -5,35 +5,75 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use agent_common::counter;
 
-/// Userspace counters, shared by all stages.
-#[derive(Debug, Default)]
-pub struct Stats {
+/// Declares the counters once: the struct fields, their doc comments and their names.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        /// Userspace counters, shared by all stages.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Stats {
+            /// Name and value of every userspace counter.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
     /// Records decoded from the ring buffer.
-    pub events_received: AtomicU64,
+    events_received,
     /// Records that did not decode.
-    pub events_malformed: AtomicU64,
+    events_malformed,
     /// Records decoded after the pipeline had already closed (should stay 0).
-    pub events_dropped_shutdown: AtomicU64,
+    events_dropped_shutdown,
     /// Connections dropped from the table because it was full.
-    pub conns_evicted: AtomicU64,
+    conns_evicted,
     /// Bytes discarded because a stream buffer was over its limit.
-    pub stream_bytes_dropped: AtomicU64,
+    stream_bytes_dropped,
     /// Connections whose traffic is not HTTP/1.
-    pub conns_not_http: AtomicU64,
+    conns_not_http,
     /// Times an HTTP stream lost its framing and had to find the next message start.
-    pub http_resyncs: AtomicU64,
+    http_resyncs,
     /// Requests that never got a response (connection closed, or framing lost).
-    pub requests_unanswered: AtomicU64,
+    requests_unanswered,
     /// Responses with no request to pair with (dropped, never paired by guess).
-    pub responses_unpaired: AtomicU64,
+    responses_unpaired,
+    /// Requests that carried W3C trace context.
+    context_tracecontext,
+    /// Requests that carried a B3 single header.
+    context_b3,
+    /// Requests that carried B3 multi-headers.
+    context_b3multi,
+    /// Requests whose trace context headers were malformed (ignored).
+    context_malformed,
+    /// CLIENT spans linked to the SERVER span their thread was serving.
+    spans_linked_thread,
+    /// CLIENT spans linked to the SERVER span whose context they forwarded.
+    spans_linked_forwarded,
+    /// SERVER spans linked to the CLIENT span of a traced process on this host.
+    spans_linked_peer,
+    /// CLIENT requests not linked because their thread served several requests at once.
+    link_ambiguous,
+    /// SERVER requests whose traced client's request never showed (linked without it).
+    link_peer_timeouts,
+    /// Requests not linked because the linking table was full.
+    link_table_full,
+    /// Processes found serving several connections on one thread (thread linking disabled).
+    processes_multiplexed,
     /// Spans produced.
-    pub spans_created: AtomicU64,
+    spans_created,
+    /// Spans not exported because their trace was not sampled.
+    spans_unsampled,
     /// Spans dropped because the export queue was full.
-    pub spans_dropped_queue: AtomicU64,
+    spans_dropped_queue,
     /// Spans dropped because the backend refused them or could not be reached.
-    pub spans_export_failed: AtomicU64,
+    spans_export_failed,
     /// Spans sent to the backend or printed.
-    pub spans_exported: AtomicU64,
+    spans_exported,
 }
 
 impl Stats {
@@ -43,26 +83,6 @@ impl Stats {
 
     pub fn add(&self, c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Name and value of every userspace counter.
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            ("events_received", g(&self.events_received)),
-            ("events_malformed", g(&self.events_malformed)),
-            ("events_dropped_shutdown", g(&self.events_dropped_shutdown)),
-            ("conns_evicted", g(&self.conns_evicted)),
-            ("stream_bytes_dropped", g(&self.stream_bytes_dropped)),
-            ("conns_not_http", g(&self.conns_not_http)),
-            ("http_resyncs", g(&self.http_resyncs)),
-            ("requests_unanswered", g(&self.requests_unanswered)),
-            ("responses_unpaired", g(&self.responses_unpaired)),
-            ("spans_created", g(&self.spans_created)),
-            ("spans_dropped_queue", g(&self.spans_dropped_queue)),
-            ("spans_export_failed", g(&self.spans_export_failed)),
-            ("spans_exported", g(&self.spans_exported)),
-        ]
     }
 }
 

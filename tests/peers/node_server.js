@@ -1,4 +1,5 @@
-// Node.js http test server: a fixed-length route, a streamed (chunked) route and an error route.
+// Node.js http test server: a fixed-length route, a streamed (chunked) route, an error route, and
+// /chain, the leaf of the trace-context chain tests.
 const http = require('http');
 const port = Number(process.argv[2]);
 http.createServer((req, res) => {
@@ -9,6 +10,8 @@ http.createServer((req, res) => {
   } else if (path === '/stream') {
     res.write('part one,');
     setTimeout(() => { res.write('part two,'); res.end('done'); }, 20);
+  } else if (path === '/chain') {
+    res.end('leaf');
   } else if (path === '/fail') {
     res.statusCode = 503;
     res.end('unavailable');
@@ -16,4 +19,4 @@ http.createServer((req, res) => {
     res.statusCode = 404;
     res.end('nope');
   }
-}).listen(port, '127.0.0.1', () => console.log('ready'));
+}).listen(port, process.argv[3] || '127.0.0.1', () => console.log('ready'));

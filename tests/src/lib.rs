@@ -2,6 +2,7 @@
 //! curl) and a real OTLP receiver. Nothing is mocked; these tests need root and a kernel that
 //! loads the agent's eBPF programs, and fail loudly when it does not.
 
+pub mod netns;
 pub mod receiver;
 
 use std::{
@@ -270,4 +271,57 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// One HTTP/1.1 GET on a fresh connection, from the test process itself (which is never traced):
+/// the status and the body. Extra header lines are sent as given.
+pub fn http_get(host: &str, port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut stream =
+        TcpStream::connect((host, port)).unwrap_or_else(|e| panic!("connect {host}:{port}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: e2e/1\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).expect("send request");
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).expect("status line");
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header line");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().expect("content-length");
+        }
+    }
+    let mut body = vec![0u8; length];
+    std::io::Read::read_exact(&mut reader, &mut body).expect("body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Waits until the child printed `ready` on stdout.
+pub fn wait_ready(p: &Proc, what: &str) {
+    eventually(Duration::from_secs(60), || {
+        p.stdout
+            .get()
+            .iter()
+            .any(|l| l.trim() == "ready")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{what} not ready; stderr: {:?}", p.stderr.get()));
 }

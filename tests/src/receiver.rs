@@ -30,6 +30,7 @@ pub struct RecvSpan {
     pub trace_id: Vec<u8>,
     pub span_id: Vec<u8>,
     pub parent_span_id: Vec<u8>,
+    pub trace_state: String,
     pub start_ns: u64,
     pub end_ns: u64,
     /// OTLP StatusCode: 0 unset, 1 ok, 2 error.
@@ -39,6 +40,26 @@ pub struct RecvSpan {
 impl RecvSpan {
     pub fn attr(&self, k: &str) -> Option<&str> {
         self.attrs.get(k).map(String::as_str)
+    }
+
+    /// The `service.name` of the span's resource.
+    pub fn service(&self) -> &str {
+        self.resource
+            .get("service.name")
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    pub fn trace_hex(&self) -> String {
+        hex::encode(&self.trace_id)
+    }
+
+    pub fn span_hex(&self) -> String {
+        hex::encode(&self.span_id)
+    }
+
+    pub fn parent_hex(&self) -> String {
+        hex::encode(&self.parent_span_id)
     }
 }
 
@@ -76,6 +97,7 @@ fn collect(req: &ExportTraceServiceRequest, into: &Mutex<Vec<RecvSpan>>) {
                     trace_id: s.trace_id.clone(),
                     span_id: s.span_id.clone(),
                     parent_span_id: s.parent_span_id.clone(),
+                    trace_state: s.trace_state.clone(),
                     start_ns: s.start_time_unix_nano,
                     end_ns: s.end_time_unix_nano,
                     status: s.status.as_ref().map_or(0, |st| st.code),

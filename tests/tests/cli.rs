@@ -50,9 +50,18 @@ fn prints_readable_lines_without_endpoint() {
     ] {
         assert!(line.contains(field), "{field} missing in {line}");
     }
-    let trace = line.split("trace=").nth(1).expect("trace id");
-    assert_eq!(trace.len(), 32);
-    assert!(trace.chars().all(|c| c.is_ascii_hexdigit()));
+    let field = |name: &str| {
+        line.split(&format!(" {name}="))
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{name} missing in {line}"))
+    };
+    for (name, len) in [("trace", 32), ("span", 16)] {
+        let id = field(name);
+        assert_eq!(id.len(), len, "{line}");
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{line}");
+    }
+    assert_eq!(field("parent"), "-", "a root span: {line}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //!
 //! - `setup`: installs what a fresh Debian machine lacks to build the kernel programs (nightly
 //!   rust-src, LLVM 22, bpf-linker built against it) and to run the end-to-end tests (curl,
-//!   Node.js, iproute2). Idempotent: quick when everything is there.
+//!   Node.js, Java, iproute2). Idempotent: quick when everything is there.
 //! - `build`: setup, then `cargo build --release` (the eBPF object is embedded by agent/build.rs).
 //! - `run -- ARGS`: build, then run `target/release/agent ARGS` (as root).
 //! - `lint`: rustfmt and clippy with warnings denied.
@@ -156,7 +156,13 @@ fn setup() -> Result<()> {
             .env("PATH", path))?;
     }
     // End-to-end test peers (python3 ships with the machine image).
-    apt_install(&["curl", "nodejs", "iproute2", "util-linux"])?;
+    apt_install(&[
+        "curl",
+        "nodejs",
+        "iproute2",
+        "util-linux",
+        "openjdk-17-jdk-headless",
+    ])?;
     eprintln!("setup: toolchain and test peers present");
     Ok(())
 }

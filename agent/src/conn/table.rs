@@ -4,7 +4,7 @@
 //! with who talked to whom.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
@@ -13,7 +13,10 @@ use agent_common::{AF_INET, ConnInfo, ROLE_CLIENT, ROLE_SERVER};
 use super::{Stream, SyscallTime};
 use crate::{
     capture::{Direction, EventKind, SocketEvent},
-    protocol::http1::{self, Exchange, Http1, Looks},
+    protocol::{
+        Record,
+        http1::{self, Http1, Looks},
+    },
     stats::Stats,
 };
 
@@ -45,13 +48,34 @@ pub struct Peer {
     pub remote: Endpoint,
 }
 
-/// An exchange with the connection it travelled on.
-#[derive(Debug, Clone)]
-pub struct ConnExchange {
+impl Peer {
+    /// The connection as (client end, server end), whichever end the traced process is.
+    pub fn tuple(&self, role: Role) -> (Endpoint, Endpoint) {
+        match role {
+            Role::Client => (self.local, self.remote),
+            Role::Server => (self.remote, self.local),
+        }
+    }
+}
+
+/// The connection a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnMeta {
     pub tgid: u32,
+    /// Unique for the agent's lifetime: this instance of the connection.
+    pub id: u64,
     pub role: Role,
     pub peer: Peer,
-    pub exchange: Exchange,
+    /// On a server connection: the client end is a connection of a traced process on this host
+    /// (so its CLIENT span will be seen too).
+    pub peer_traced: bool,
+}
+
+/// A protocol record with the connection it travelled on.
+#[derive(Debug, Clone)]
+pub struct ConnRecord {
+    pub conn: ConnMeta,
+    pub record: Record,
 }
 
 /// Protocol state of a connection.
@@ -78,6 +102,7 @@ const MAX_DETECT_TRIES: u8 = 8;
 
 #[derive(Debug)]
 struct Conn {
+    id: u64,
     role: Option<Role>,
     /// Seen from its start (accept/connect), so its first bytes start a message.
     from_start: bool,
@@ -112,6 +137,9 @@ pub struct ConnTable {
     conns: HashMap<ConnKey, Conn>,
     /// (tgid, fd) → the socket it currently refers to.
     fds: HashMap<(u32, i32), u64>,
+    /// (local, remote) of every live client connection of a traced process.
+    clients: HashSet<(Endpoint, Endpoint)>,
+    next_id: u64,
     limits: Limits,
 }
 
@@ -147,6 +175,8 @@ impl ConnTable {
         Self {
             conns: HashMap::new(),
             fds: HashMap::new(),
+            clients: HashSet::new(),
+            next_id: 0,
             limits,
         }
     }
@@ -160,8 +190,8 @@ impl ConnTable {
         self.conns.is_empty()
     }
 
-    /// Applies one event; completed exchanges are appended to `out`.
-    pub fn handle(&mut self, ev: &SocketEvent, stats: &Stats, out: &mut Vec<ConnExchange>) {
+    /// Applies one event; the records it completes are appended to `out`.
+    pub fn handle(&mut self, ev: &SocketEvent, stats: &Stats, out: &mut Vec<ConnRecord>) {
         let key = ConnKey {
             tgid: ev.tgid,
             fd: ev.fd,
@@ -207,13 +237,51 @@ impl ConnTable {
                 };
                 let dropped = stream.push(&ev.payload, ev.len, time);
                 stats.add(&stats.stream_bytes_dropped, dropped as u64);
-                conn.process(ev.tgid, stats, out);
+                let had_role = conn.role.is_some();
+                let mut records = Vec::new();
+                conn.process(stats, &mut records);
+                let (role, peer) = (conn.role, conn.peer);
+                if !had_role && role == Some(Role::Client) {
+                    self.clients.insert((peer.local, peer.remote));
+                }
+                self.attach(key, records, out);
             }
         }
     }
 
+    /// Adds the connection's metadata to its records.
+    fn attach(&self, key: ConnKey, records: Vec<Record>, out: &mut Vec<ConnRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        let Some(conn) = self.conns.get(&key) else {
+            return;
+        };
+        self.attach_conn(key.tgid, conn, records, out);
+    }
+
+    fn attach_conn(&self, tgid: u32, conn: &Conn, records: Vec<Record>, out: &mut Vec<ConnRecord>) {
+        let Some(role) = conn.role else {
+            return;
+        };
+        let peer_traced =
+            role == Role::Server && self.clients.contains(&conn.peer.tuple(Role::Server));
+        let meta = ConnMeta {
+            tgid,
+            id: conn.id,
+            role,
+            peer: conn.peer,
+            peer_traced,
+        };
+        out.extend(
+            records
+                .into_iter()
+                .map(|record| ConnRecord { conn: meta, record }),
+        );
+    }
+
     /// Ends every connection (at shutdown): responses delimited by close are completed.
-    pub fn close_all(&mut self, stats: &Stats, out: &mut Vec<ConnExchange>) {
+    pub fn close_all(&mut self, stats: &Stats, out: &mut Vec<ConnRecord>) {
         let keys: Vec<_> = self.conns.keys().copied().collect();
         for key in keys {
             self.remove(key, stats, out);
@@ -221,24 +289,33 @@ impl ConnTable {
         self.fds.clear();
     }
 
-    /// Drops connections idle since before `cutoff_ns` (monotonic) or whose process is gone.
+    /// Drops connections idle since before `cutoff_ns` (monotonic) or whose process is gone;
+    /// returns the processes found gone.
     pub fn expire(
         &mut self,
         cutoff_ns: u64,
         alive: impl Fn(u32) -> bool,
         stats: &Stats,
-        out: &mut Vec<ConnExchange>,
-    ) {
+        out: &mut Vec<ConnRecord>,
+    ) -> Vec<u32> {
+        let mut living: HashMap<u32, bool> = HashMap::new();
         let stale: Vec<_> = self
             .conns
             .iter()
-            .filter(|(k, c)| c.last_ns < cutoff_ns || !alive(k.tgid))
+            .filter(|(k, c)| {
+                c.last_ns < cutoff_ns || !*living.entry(k.tgid).or_insert_with(|| alive(k.tgid))
+            })
             .map(|(k, _)| *k)
             .collect();
         for key in stale {
             self.fds.remove(&(key.tgid, key.fd));
             self.remove(key, stats, out);
         }
+        living
+            .into_iter()
+            .filter(|(_, alive)| !alive)
+            .map(|(tgid, _)| tgid)
+            .collect()
     }
 
     fn insert(
@@ -247,7 +324,7 @@ impl ConnTable {
         ev: &SocketEvent,
         from_start: bool,
         stats: &Stats,
-        out: &mut Vec<ConnExchange>,
+        out: &mut Vec<ConnRecord>,
     ) {
         if self.conns.len() >= self.limits.max_conns
             && let Some(oldest) = self
@@ -259,12 +336,19 @@ impl ConnTable {
             stats.inc(&stats.conns_evicted);
             self.remove(oldest, stats, out);
         }
+        let role = role_of(&ev.conn);
+        let peer = peer_of(&ev.conn);
+        if role == Some(Role::Client) {
+            self.clients.insert((peer.local, peer.remote));
+        }
+        self.next_id += 1;
         self.conns.insert(
             key,
             Conn {
-                role: role_of(&ev.conn),
+                id: self.next_id,
+                role,
                 from_start,
-                peer: peer_of(&ev.conn),
+                peer,
                 ingress: Stream::new(self.limits.stream_bytes),
                 egress: Stream::new(self.limits.stream_bytes),
                 proto: Proto::Detecting { tries: 0 },
@@ -273,42 +357,36 @@ impl ConnTable {
         );
     }
 
-    fn remove(&mut self, key: ConnKey, stats: &Stats, out: &mut Vec<ConnExchange>) {
+    fn remove(&mut self, key: ConnKey, stats: &Stats, out: &mut Vec<ConnRecord>) {
         if let Some(mut conn) = self.conns.remove(&key) {
-            conn.close(key.tgid, stats, out);
+            if conn.role == Some(Role::Client) {
+                self.clients.remove(&(conn.peer.local, conn.peer.remote));
+            }
+            let mut records = Vec::new();
+            conn.close(stats, &mut records);
+            self.attach_conn(key.tgid, &conn, records, out);
         }
     }
 }
 
 impl Conn {
-    fn process(&mut self, tgid: u32, stats: &Stats, out: &mut Vec<ConnExchange>) {
+    fn process(&mut self, stats: &Stats, out: &mut Vec<Record>) {
         if let Proto::Detecting { .. } = self.proto {
             self.detect(stats);
         }
-        let role = self.role;
-        let peer = self.peer;
-        let mut exchanges = Vec::new();
         if let Proto::Http1(http) = &mut self.proto {
-            let (req, resp) = match role {
+            let (req, resp) = match self.role {
                 Some(Role::Server) => (&mut self.ingress, &mut self.egress),
                 Some(Role::Client) => (&mut self.egress, &mut self.ingress),
                 None => return,
             };
-            http.feed_requests(req, stats);
-            http.feed_responses(resp, stats, &mut exchanges);
+            http.feed_requests(req, stats, out);
+            http.feed_responses(resp, stats, out);
             if http.is_tunnel() {
                 self.proto = Proto::Other;
                 self.ingress.clear();
                 self.egress.clear();
             }
-        }
-        if let Some(role) = role {
-            out.extend(exchanges.into_iter().map(|exchange| ConnExchange {
-                tgid,
-                role,
-                peer,
-                exchange,
-            }));
         }
     }
 
@@ -409,18 +487,10 @@ impl Conn {
         self.egress.clear();
     }
 
-    fn close(&mut self, tgid: u32, stats: &Stats, out: &mut Vec<ConnExchange>) {
-        let (Some(role), Proto::Http1(http)) = (self.role, &mut self.proto) else {
-            return;
-        };
-        let mut exchanges = Vec::new();
-        http.close(stats, &mut exchanges);
-        out.extend(exchanges.into_iter().map(|exchange| ConnExchange {
-            tgid,
-            role,
-            peer: self.peer,
-            exchange,
-        }));
+    fn close(&mut self, stats: &Stats, out: &mut Vec<Record>) {
+        if let Proto::Http1(http) = &mut self.proto {
+            http.close(stats, out);
+        }
     }
 }
 

@@ -38,6 +38,16 @@ fn data(dir: Direction, fd: i32, conn: ConnInfo, payload: &[u8], at: u64) -> Soc
     ev(EventKind::Data { direction: dir }, fd, conn, payload, at)
 }
 
+/// The finished exchanges among the records, with their connection.
+fn finished(out: &[ConnRecord]) -> Vec<(ConnMeta, &crate::protocol::Exchange)> {
+    out.iter()
+        .filter_map(|r| match &r.record {
+            Record::Finished { exchange, .. } => Some((r.conn, exchange)),
+            _ => None,
+        })
+        .collect()
+}
+
 const REQ: &[u8] = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
 const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 
@@ -50,11 +60,15 @@ fn accepted_connection_gives_server_exchange() {
     t.handle(&ev(EventKind::Open, 5, c, b"", 1), &s, &mut out);
     t.handle(&data(Direction::Ingress, 5, c, REQ, 2), &s, &mut out);
     t.handle(&data(Direction::Egress, 5, c, RESP, 3), &s, &mut out);
-    assert_eq!(out.len(), 1);
-    assert_eq!(out[0].role, Role::Server);
-    assert_eq!(out[0].peer.local, "127.0.0.1:8080".parse().unwrap());
-    assert_eq!(out[0].peer.remote, "127.0.0.2:40000".parse().unwrap());
-    assert_eq!(out[0].exchange.request.first.exit_ns, 3);
+    assert!(matches!(out[0].record, Record::Started(_)));
+    let done = finished(&out);
+    assert_eq!(done.len(), 1);
+    let (meta, exchange) = done[0];
+    assert_eq!(meta.role, Role::Server);
+    assert_eq!(meta.peer.local, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(meta.peer.remote, "127.0.0.2:40000".parse().unwrap());
+    assert!(!meta.peer_traced);
+    assert_eq!(exchange.request.first.exit_ns, 3);
     t.handle(&ev(EventKind::Close, 5, c, b"", 4), &s, &mut out);
     assert!(t.is_empty());
 }
@@ -73,8 +87,56 @@ fn role_inferred_mid_stream() {
     );
     t.handle(&data(Direction::Egress, 5, c, REQ, 2), &s, &mut out);
     t.handle(&data(Direction::Ingress, 5, c, RESP, 3), &s, &mut out);
-    assert_eq!(out.len(), 1);
-    assert_eq!(out[0].role, Role::Client);
+    let done = finished(&out);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].0.role, Role::Client);
+}
+
+#[test]
+fn server_end_of_a_traced_client_connection_is_marked() {
+    let mut t = ConnTable::new(Limits::default());
+    let s = Stats::default();
+    let mut out = Vec::new();
+    let server = info(1, ROLE_SERVER);
+    // The same connection seen from the client process: addresses swapped.
+    let mut client = info(2, ROLE_CLIENT);
+    std::mem::swap(&mut client.laddr, &mut client.raddr);
+    std::mem::swap(&mut client.lport, &mut client.rport);
+    let client_ev = |kind, payload: &[u8], at| SocketEvent {
+        tgid: 7,
+        ..ev(kind, 9, client, payload, at)
+    };
+    t.handle(&client_ev(EventKind::Open, b"", 1), &s, &mut out);
+    t.handle(&ev(EventKind::Open, 5, server, b"", 2), &s, &mut out);
+    t.handle(
+        &client_ev(
+            EventKind::Data {
+                direction: Direction::Egress,
+            },
+            REQ,
+            3,
+        ),
+        &s,
+        &mut out,
+    );
+    t.handle(&data(Direction::Ingress, 5, server, REQ, 4), &s, &mut out);
+    let starts: Vec<_> = out
+        .iter()
+        .filter(|r| matches!(r.record, Record::Started(_)))
+        .map(|r| r.conn)
+        .collect();
+    assert_eq!(starts.len(), 2);
+    assert_eq!(starts[0].role, Role::Client);
+    assert_eq!(starts[1].role, Role::Server);
+    assert!(starts[1].peer_traced, "the client end is traced");
+    assert_eq!(
+        starts[0].peer.tuple(Role::Client),
+        starts[1].peer.tuple(Role::Server)
+    );
+    assert_ne!(starts[0].id, starts[1].id);
+    // Once the client's connection is closed, a server connection is no longer marked.
+    t.handle(&client_ev(EventKind::Close, b"", 5), &s, &mut out);
+    assert!(!t.clients.contains(&starts[0].peer.tuple(Role::Client)));
 }
 
 #[test]
@@ -89,7 +151,12 @@ fn reused_fd_starts_a_new_connection() {
     // fd 5 now refers to another socket, whose response must not pair with a's request.
     t.handle(&ev(EventKind::Open, 5, b, b"", 3), &s, &mut out);
     t.handle(&data(Direction::Egress, 5, b, RESP, 4), &s, &mut out);
-    assert!(out.is_empty());
+    assert!(finished(&out).is_empty());
+    assert!(
+        out.iter()
+            .any(|r| matches!(r.record, Record::Abandoned { .. })),
+        "a's request is given up: {out:?}"
+    );
     assert_eq!(t.len(), 1);
 }
 

@@ -166,7 +166,12 @@ impl Config {
 
 /// Resource attributes of a traced process.
 pub fn resource(p: &ProcessInfo) -> Resource {
+    let runtime = p
+        .runtime
+        .name()
+        .map(|n| KeyValue::new("process.runtime.name", n));
     Resource::builder_empty()
+        .with_attributes(runtime)
         .with_attributes([
             KeyValue::new("service.name", p.service_name.clone()),
             KeyValue::new("process.pid", i64::from(p.pid)),
@@ -191,16 +196,26 @@ pub fn span_data(s: &Span) -> SpanData {
             Value::Int(i) => KeyValue::new(*k, *i),
         })
         .collect();
+    // A tracestate that does not parse (it came from the wire) is dropped rather than sent on.
+    let trace_state = if s.trace_state.is_empty() {
+        TraceState::default()
+    } else {
+        s.trace_state.parse().unwrap_or_default()
+    };
     SpanData {
         span_context: SpanContext::new(
             TraceId::from_bytes(s.trace_id),
             SpanId::from_bytes(s.span_id),
-            TraceFlags::SAMPLED,
+            if s.sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            },
             false,
-            TraceState::default(),
+            trace_state,
         ),
         parent_span_id: s.parent_span_id.map_or(SpanId::INVALID, SpanId::from_bytes),
-        parent_span_is_remote: false,
+        parent_span_is_remote: s.parent_remote,
         span_kind: match s.kind {
             SpanKind::Server => OtelKind::Server,
             SpanKind::Client => OtelKind::Client,

@@ -69,7 +69,7 @@ pub fn text_line(s: &Span) -> String {
         _ => String::new(),
     };
     format!(
-        "{}  {:<16} {:<6} {:<7} {}{}  {}{}  {:.3}ms  peer={}  trace={}",
+        "{}  {:<16} {:<6} {:<7} {}{}  {}{}  {:.3}ms  peer={}  trace={} span={} parent={}",
         rfc3339(s.start),
         s.process.service_name,
         s.kind.as_str(),
@@ -85,6 +85,9 @@ pub fn text_line(s: &Span) -> String {
         duration_ms(s),
         peer,
         hex::encode(s.trace_id),
+        hex::encode(s.span_id),
+        s.parent_span_id
+            .map_or_else(|| "-".to_string(), hex::encode),
     )
 }
 
@@ -105,6 +108,7 @@ pub fn json_line(s: &Span) -> String {
         "trace_id": hex::encode(s.trace_id),
         "span_id": hex::encode(s.span_id),
         "parent_span_id": s.parent_span_id.map(hex::encode),
+        "trace_state": (!s.trace_state.is_empty()).then(|| s.trace_state.to_string()),
         "kind": s.kind.as_str(),
         "name": s.name,
         "start_time_unix_nano": clock::unix_nanos(s.start),

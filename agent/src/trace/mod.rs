@@ -1,20 +1,27 @@
-//! From exchanges to spans: timing, ids, OpenTelemetry HTTP semantic-convention attributes and
-//! status. A SERVER span starts when the first request byte was read and ends when the last
-//! response byte was written; a CLIENT span starts when the first request byte was written and
-//! ends when the last response byte was read.
+//! From exchanges to spans: where each span sits in its trace ([`link`], from propagated
+//! context ([`propagation`]), threads and connections), whether it is kept ([`sampler`]),
+//! timing, OpenTelemetry HTTP semantic-convention attributes and status. A SERVER span starts
+//! when the first request byte was read and ends when the last response byte was written; a
+//! CLIENT span starts when the first request byte was written and ends when the last response
+//! byte was read.
 
+pub mod link;
+pub mod propagation;
+pub mod sampler;
 pub mod span;
 
 use std::net::SocketAddr;
 
 use rand::Rng;
 
+pub use link::{Link, Linker, Placement};
 pub use span::{Span, SpanKind, Status, Value};
 
 use crate::{
     clock,
-    conn::{ConnExchange, Role},
+    conn::{ConnMeta, Role},
     process::Processes,
+    protocol::Exchange,
 };
 
 /// Methods the HTTP semantic conventions name; others become `_OTHER`.
@@ -53,11 +60,16 @@ fn host_of(host: &str) -> &str {
     }
 }
 
-/// Builds the span for one exchange.
-pub fn make_span(ce: &ConnExchange, processes: &mut Processes, rng: &mut impl Rng) -> Span {
-    let req = &ce.exchange.request;
-    let resp = &ce.exchange.response;
-    let (kind, start_ns, end_ns) = match ce.role {
+/// Builds the span for one exchange, at its place in its trace.
+pub fn make_span(
+    conn: &ConnMeta,
+    exchange: &Exchange,
+    placement: Placement,
+    processes: &mut Processes,
+) -> Span {
+    let req = &exchange.request;
+    let resp = &exchange.response;
+    let (kind, start_ns, end_ns) = match conn.role {
         Role::Server => (SpanKind::Server, req.first.exit_ns, resp.last.exit_ns),
         Role::Client => (SpanKind::Client, req.first.enter_ns, resp.last.exit_ns),
     };
@@ -89,9 +101,9 @@ pub fn make_span(ce: &ConnExchange, processes: &mut Processes, rng: &mut impl Rn
         None => (target, None),
     };
 
-    let (server, client): (SocketAddr, SocketAddr) = match ce.role {
-        Role::Server => (ce.peer.local, ce.peer.remote),
-        Role::Client => (ce.peer.remote, ce.peer.local),
+    let (server, client): (SocketAddr, SocketAddr) = match conn.role {
+        Role::Server => (conn.peer.local, conn.peer.remote),
+        Role::Client => (conn.peer.remote, conn.peer.local),
     };
     let host_header = req
         .headers
@@ -134,16 +146,16 @@ pub fn make_span(ce: &ConnExchange, processes: &mut Processes, rng: &mut impl Rn
     a.push(("client.port", Value::Int(i64::from(client.port()))));
     a.push((
         "network.peer.address",
-        Value::Str(ce.peer.remote.ip().to_string()),
+        Value::Str(conn.peer.remote.ip().to_string()),
     ));
     a.push((
         "network.peer.port",
-        Value::Int(i64::from(ce.peer.remote.port())),
+        Value::Int(i64::from(conn.peer.remote.port())),
     ));
     a.push(("network.transport", s("tcp")));
     a.push((
         "network.type",
-        s(if ce.peer.remote.is_ipv4() {
+        s(if conn.peer.remote.is_ipv4() {
             "ipv4"
         } else {
             "ipv6"
@@ -166,18 +178,26 @@ pub fn make_span(ce: &ConnExchange, processes: &mut Processes, rng: &mut impl Rn
     if error {
         a.push(("error.type", Value::Str(resp.status.to_string())));
     }
+    if let Link::Propagated(format) = placement.link {
+        // Which propagation format the trace context came from.
+        a.push(("agent.propagation", s(format.as_str())));
+    }
 
     Span {
-        trace_id: new_trace_id(rng),
-        span_id: new_span_id(rng),
-        parent_span_id: None,
+        trace_id: placement.trace_id,
+        span_id: placement.span_id,
+        parent_span_id: placement.parent,
+        parent_remote: placement.parent_remote,
+        sampled: placement.sampled,
+        trace_state: placement.trace_state,
+        link: placement.link,
         kind,
         name,
         start: clock::to_wall_with(start_ns, offset),
         end: clock::to_wall_with(end_ns, offset),
         attributes: a,
         status: if error { Status::Error } else { Status::Unset },
-        process: processes.get(ce.tgid),
+        process: processes.get(conn.tgid),
     }
 }
 
@@ -186,21 +206,48 @@ mod tests {
     use super::*;
     use crate::{
         conn::{Peer, SyscallTime},
-        protocol::http1::{Exchange, Headers, Request, Response},
+        protocol::http1::{Headers, Request, Response},
     };
 
-    fn exchange(role: Role, method: &str, target: &str, status: u16) -> ConnExchange {
+    /// A test exchange on a connection of this test process.
+    struct Case {
+        conn: ConnMeta,
+        exchange: Exchange,
+    }
+
+    fn root_placement() -> Placement {
+        let r = &mut rand::rng();
+        Placement {
+            trace_id: new_trace_id(r),
+            span_id: new_span_id(r),
+            parent: None,
+            parent_remote: false,
+            sampled: true,
+            trace_state: std::sync::Arc::from(""),
+            link: Link::Root,
+        }
+    }
+
+    fn span_of(c: &Case, p: &mut Processes) -> Span {
+        make_span(&c.conn, &c.exchange, root_placement(), p)
+    }
+
+    fn exchange(role: Role, method: &str, target: &str, status: u16) -> Case {
         let at = |enter, exit| SyscallTime {
             enter_ns: enter,
             exit_ns: exit,
             tid: 1,
         };
-        ConnExchange {
-            tgid: std::process::id(),
-            role,
-            peer: Peer {
-                local: "127.0.0.1:8080".parse().unwrap(),
-                remote: "127.0.0.1:50000".parse().unwrap(),
+        Case {
+            conn: ConnMeta {
+                tgid: std::process::id(),
+                id: 1,
+                role,
+                peer: Peer {
+                    local: "127.0.0.1:8080".parse().unwrap(),
+                    remote: "127.0.0.1:50000".parse().unwrap(),
+                },
+                peer_traced: false,
             },
             exchange: Exchange {
                 request: Request {
@@ -230,11 +277,7 @@ mod tests {
     #[test]
     fn server_span_follows_semantic_conventions() {
         let mut p = Processes::new(8);
-        let sp = make_span(
-            &exchange(Role::Server, "GET", "/items?id=3", 200),
-            &mut p,
-            &mut rand::rng(),
-        );
+        let sp = span_of(&exchange(Role::Server, "GET", "/items?id=3", 200), &mut p);
         assert_eq!(sp.kind, SpanKind::Server);
         assert_eq!(sp.name, "GET");
         assert_eq!(sp.attr_str("url.path"), Some("/items"));
@@ -253,10 +296,9 @@ mod tests {
     #[test]
     fn statuses_follow_kind() {
         let mut p = Processes::new(8);
-        let r = &mut rand::rng();
-        let srv404 = make_span(&exchange(Role::Server, "GET", "/", 404), &mut p, r);
-        let srv503 = make_span(&exchange(Role::Server, "GET", "/", 503), &mut p, r);
-        let cli404 = make_span(&exchange(Role::Client, "GET", "/", 404), &mut p, r);
+        let srv404 = span_of(&exchange(Role::Server, "GET", "/", 404), &mut p);
+        let srv503 = span_of(&exchange(Role::Server, "GET", "/", 503), &mut p);
+        let cli404 = span_of(&exchange(Role::Client, "GET", "/", 404), &mut p);
         assert_eq!(srv404.status, Status::Unset);
         assert_eq!(srv503.status, Status::Error);
         assert_eq!(cli404.status, Status::Error);
@@ -266,11 +308,7 @@ mod tests {
     #[test]
     fn client_span_uses_peer_port_and_write_start() {
         let mut p = Processes::new(8);
-        let sp = make_span(
-            &exchange(Role::Client, "POST", "/pay", 201),
-            &mut p,
-            &mut rand::rng(),
-        );
+        let sp = span_of(&exchange(Role::Client, "POST", "/pay", 201), &mut p);
         assert_eq!(sp.attr("server.port"), Some(&Value::Int(50000)));
         assert_eq!(sp.attr_str("url.full"), Some("http://shop.local:8080/pay"));
         let d = sp.end.duration_since(sp.start).unwrap();
@@ -280,10 +318,9 @@ mod tests {
     #[test]
     fn unknown_method_and_absolute_target() {
         let mut p = Processes::new(8);
-        let sp = make_span(
+        let sp = span_of(
             &exchange(Role::Server, "PURGE", "http://x/a/b?c", 200),
             &mut p,
-            &mut rand::rng(),
         );
         assert_eq!(sp.name, "HTTP");
         assert_eq!(sp.attr_str("http.request.method"), Some("_OTHER"));

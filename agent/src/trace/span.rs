@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use crate::process::ProcessInfo;
+use crate::{process::ProcessInfo, trace::link::Link};
 
 /// SERVER or CLIENT, as in OpenTelemetry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,14 @@ pub struct Span {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
+    /// The parent is in another process or on another host.
+    pub parent_remote: bool,
+    /// The sampler's decision: unsampled spans are not exported.
+    pub sampled: bool,
+    /// W3C `tracestate`, carried unchanged from the request that started the trace here.
+    pub trace_state: Arc<str>,
+    /// How the span found its place in the trace.
+    pub link: Link,
     pub kind: SpanKind,
     pub name: String,
     pub start: SystemTime,

@@ -19,9 +19,11 @@ use body::{BodyProgress, Framing, Phase, Side, request_framing, response_framing
 use head::{HeadResult, parse_request, parse_response};
 pub use head::{Looks, looks_like};
 
+use super::{Record, Start};
 use crate::{
     conn::{Stream, SyscallTime},
     stats::Stats,
+    trace::propagation::{self, Carrier},
 };
 
 /// Pending requests kept per connection (pipelining depth).
@@ -40,6 +42,16 @@ impl Headers {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A stable hash of a request head's fields (method, target, header fields in order).
+    fn fingerprint(method: &str, target: &str, headers: &Headers) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::hash::DefaultHasher::new();
+        method.hash(&mut h);
+        target.hash(&mut h);
+        headers.0.hash(&mut h);
+        h.finish()
+    }
+
     fn from_parsed(headers: &[httparse::Header<'_>]) -> Self {
         Headers(
             headers
@@ -52,6 +64,16 @@ impl Headers {
                 })
                 .collect(),
         )
+    }
+}
+
+impl Carrier for Headers {
+    fn values<'a>(&'a self, name: &str) -> Vec<&'a str> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 }
 
@@ -135,15 +157,16 @@ impl Http1 {
         self.resp.phase == Phase::Tunnel
     }
 
-    /// Parses what the request side has. Requests are queued until their response arrives.
-    pub fn feed_requests(&mut self, s: &mut Stream, stats: &Stats) {
+    /// Parses what the request side has. Requests are queued until their response arrives; each
+    /// one queued is reported as started.
+    pub fn feed_requests(&mut self, s: &mut Stream, stats: &Stats, out: &mut Vec<Record>) {
         while s.available() > 0 {
             match self.req.phase {
                 Phase::Tunnel => s.clear(),
                 Phase::Head => match parse_request(s) {
                     HeadResult::Done(request, consumed) => {
                         s.consume(consumed as u64);
-                        self.queue_request(request, stats);
+                        self.queue_request(request, stats, out);
                     }
                     HeadResult::NeedMore => return,
                     HeadResult::Invalid => self.req.lose(s, stats),
@@ -154,7 +177,7 @@ impl Http1 {
                     }
                     self.finish_request_body();
                     // Skipped bytes may have held whole requests: waiting ones lose their pair.
-                    self.quarantine_if_pending(stats);
+                    self.quarantine_if_pending(stats, out);
                 }
                 _ => match self.req.advance(s, stats) {
                     BodyProgress::Done => {
@@ -169,7 +192,7 @@ impl Http1 {
     }
 
     /// Queues a parsed request (unless pairing is quarantined) and starts on its body.
-    fn queue_request(&mut self, request: Request, stats: &Stats) {
+    fn queue_request(&mut self, request: Request, stats: &Stats, out: &mut Vec<Record>) {
         let framing = request_framing(&request.headers);
         let connect = request.method.eq_ignore_ascii_case("CONNECT");
         self.req.last = request.last;
@@ -182,10 +205,22 @@ impl Http1 {
             stats.inc(&stats.requests_unanswered);
             self.req_current = None;
         } else {
-            if self.pending.len() >= MAX_PENDING {
-                self.pending.pop_front();
+            if self.pending.len() >= MAX_PENDING
+                && let Some(old) = self.pending.pop_front()
+            {
                 stats.inc(&stats.requests_unanswered);
+                out.push(Record::Abandoned { id: old.id });
             }
+            out.push(Record::Started(Start {
+                id,
+                first: request.first,
+                context: propagation::extract(&request.headers),
+                fingerprint: Headers::fingerprint(
+                    &request.method,
+                    &request.target,
+                    &request.headers,
+                ),
+            }));
             self.pending.push_back(Pending { id, request });
             self.req_current = Some(id);
         }
@@ -199,7 +234,7 @@ impl Http1 {
 
     /// Parses what the response side has; each complete response is paired with the oldest
     /// pending request and returned as an exchange.
-    pub fn feed_responses(&mut self, s: &mut Stream, stats: &Stats, out: &mut Vec<Exchange>) {
+    pub fn feed_responses(&mut self, s: &mut Stream, stats: &Stats, out: &mut Vec<Record>) {
         while s.available() > 0 {
             match self.resp.phase {
                 Phase::Tunnel => s.clear(),
@@ -226,7 +261,7 @@ impl Http1 {
                         .iter()
                         .any(|p| p.request.first.enter_ns <= skipped_until)
                     {
-                        self.quarantine_if_pending(stats);
+                        self.quarantine_if_pending(stats, out);
                     }
                 }
                 _ => {
@@ -246,7 +281,7 @@ impl Http1 {
     }
 
     /// A response head was parsed: pair it, or skip it when nothing can be paired with it.
-    fn start_response(&mut self, response: Response, stats: &Stats, out: &mut Vec<Exchange>) {
+    fn start_response(&mut self, response: Response, stats: &Stats, out: &mut Vec<Record>) {
         self.resp.last = response.last;
         let front = if self.quarantine {
             None
@@ -278,24 +313,32 @@ impl Http1 {
 
     /// The connection closed: a response delimited by close (or whose framing was lost) ends
     /// here; requests still waiting are counted as unanswered.
-    pub fn close(&mut self, stats: &Stats, out: &mut Vec<Exchange>) {
+    pub fn close(&mut self, stats: &Stats, out: &mut Vec<Record>) {
         if matches!(self.resp.phase, Phase::UntilClose | Phase::Lost) {
             self.update_response();
             self.complete_response(out);
         }
-        stats.add(&stats.requests_unanswered, self.pending.len() as u64);
-        self.pending.clear();
+        self.abandon_pending(stats, out);
         self.req.phase = Phase::Head;
         self.resp.phase = Phase::Head;
     }
 
-    fn quarantine_if_pending(&mut self, stats: &Stats) {
+    fn quarantine_if_pending(&mut self, stats: &Stats, out: &mut Vec<Record>) {
         if !self.pending.is_empty() {
-            stats.add(&stats.requests_unanswered, self.pending.len() as u64);
-            self.pending.clear();
+            self.abandon_pending(stats, out);
             self.req_current = None;
             self.quarantine = true;
         }
+    }
+
+    /// Every waiting request is given up: counted and reported.
+    fn abandon_pending(&mut self, stats: &Stats, out: &mut Vec<Record>) {
+        stats.add(&stats.requests_unanswered, self.pending.len() as u64);
+        out.extend(
+            self.pending
+                .drain(..)
+                .map(|p| Record::Abandoned { id: p.id }),
+        );
     }
 
     /// Records the request side's body length and last byte on the request being read.
@@ -317,7 +360,7 @@ impl Http1 {
     }
 
     /// Pairs the current response with the oldest pending request.
-    fn complete_response(&mut self, out: &mut Vec<Exchange>) {
+    fn complete_response(&mut self, out: &mut Vec<Record>) {
         let Some(response) = self.resp_current.take() else {
             return;
         };
@@ -326,9 +369,12 @@ impl Http1 {
                 // Answered before its body was fully read (early response).
                 self.req_current = None;
             }
-            out.push(Exchange {
-                request: p.request,
-                response,
+            out.push(Record::Finished {
+                id: p.id,
+                exchange: Exchange {
+                    request: p.request,
+                    response,
+                },
             });
         }
     }

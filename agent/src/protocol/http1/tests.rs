@@ -19,6 +19,8 @@ struct Harness {
     http: Http1,
     stats: Stats,
     out: Vec<Exchange>,
+    /// Every record, in order.
+    records: Vec<Record>,
     clock: u64,
 }
 
@@ -30,6 +32,7 @@ impl Harness {
             http: Http1::new(),
             stats: Stats::default(),
             out: Vec::new(),
+            records: Vec::new(),
             clock: 0,
         }
     }
@@ -39,35 +42,69 @@ impl Harness {
         t(self.clock)
     }
 
+    /// Keeps every record and collects the finished exchanges.
+    fn take(&mut self, records: Vec<Record>) {
+        for r in records {
+            if let Record::Finished { exchange, .. } = &r {
+                self.out.push(exchange.clone());
+            }
+            self.records.push(r);
+        }
+    }
+
     fn request(&mut self, bytes: &[u8]) {
-        let time = self.tick();
-        self.req.push(bytes, bytes.len() as u64, time);
-        self.http.feed_requests(&mut self.req, &self.stats);
+        self.request_gap(bytes, bytes.len() as u64);
     }
 
     /// Like `request` but only `captured` bytes of `len` are known.
     fn request_gap(&mut self, captured: &[u8], len: u64) {
         let time = self.tick();
         self.req.push(captured, len, time);
-        self.http.feed_requests(&mut self.req, &self.stats);
+        let mut records = Vec::new();
+        self.http
+            .feed_requests(&mut self.req, &self.stats, &mut records);
+        self.take(records);
     }
 
     fn response(&mut self, bytes: &[u8]) {
-        let time = self.tick();
-        self.resp.push(bytes, bytes.len() as u64, time);
-        self.http
-            .feed_responses(&mut self.resp, &self.stats, &mut self.out);
+        self.response_gap(bytes, bytes.len() as u64);
     }
 
     fn response_gap(&mut self, captured: &[u8], len: u64) {
         let time = self.tick();
         self.resp.push(captured, len, time);
+        let mut records = Vec::new();
         self.http
-            .feed_responses(&mut self.resp, &self.stats, &mut self.out);
+            .feed_responses(&mut self.resp, &self.stats, &mut records);
+        self.take(records);
     }
 
     fn close(&mut self) {
-        self.http.close(&self.stats, &mut self.out);
+        let mut records = Vec::new();
+        self.http.close(&self.stats, &mut records);
+        self.take(records);
+    }
+
+    /// Every request reported as started is later either finished or abandoned, exactly once
+    /// (once the connection is closed), and nothing is finished or abandoned that did not start.
+    fn check_record_lifecycle(&self) {
+        use std::collections::HashMap;
+        let mut state: HashMap<u64, &str> = HashMap::new();
+        for r in &self.records {
+            match r {
+                Record::Started(s) => {
+                    assert!(state.insert(s.id, "started").is_none(), "{r:?} twice");
+                }
+                Record::Finished { id, .. } | Record::Abandoned { id } => {
+                    assert_eq!(state.insert(*id, "ended"), Some("started"), "{r:?}");
+                }
+            }
+        }
+        assert!(
+            state.values().all(|s| *s == "ended"),
+            "a started request neither finished nor abandoned: {:?}",
+            self.records
+        );
     }
 
     fn pairs(&self) -> Vec<(String, u16)> {
@@ -397,6 +434,7 @@ fn fuzz_random_splits_and_garbage() {
             i = end;
         }
         h.close();
+        h.check_record_lifecycle();
         for e in &h.out {
             let idx: usize = e
                 .request
@@ -416,7 +454,44 @@ fn fuzz_random_splits_and_garbage() {
         h.request(&junk);
         h.response(&junk);
         h.close();
+        h.check_record_lifecycle();
     }
+}
+
+#[test]
+fn started_records_carry_context_and_fingerprint() {
+    let mut h = Harness::new();
+    let traced = b"GET /t HTTP/1.1\r\nHost: h\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+    h.request(traced);
+    h.request(GET);
+    h.request(GET);
+    let starts: Vec<&Start> = h
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Started(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts.len(), 3);
+    assert!(matches!(
+        starts[0].context,
+        propagation::Extracted::Context(_)
+    ));
+    assert_eq!(starts[1].context, propagation::Extracted::None);
+    assert_eq!(starts[0].first, t(1));
+    // The same head gives the same fingerprint; another head another one.
+    assert_eq!(starts[1].fingerprint, starts[2].fingerprint);
+    assert_ne!(starts[0].fingerprint, starts[1].fingerprint);
+    h.close();
+    h.check_record_lifecycle();
+    assert_eq!(
+        h.records
+            .iter()
+            .filter(|r| matches!(r, Record::Abandoned { .. }))
+            .count(),
+        3
+    );
 }
 
 #[test]
