@@ -20,6 +20,19 @@ pub const EVENT_DATA: u32 = 1;
 pub const EVENT_CLOSE: u32 = 2;
 /// `EventHeader::kind`: a connection was accepted or connected (no payload).
 pub const EVENT_OPEN: u32 = 3;
+/// Record kind of a [`ProcEvent`]: a process was born, changed program, died or was selected.
+pub const EVENT_PROC: u32 = 4;
+
+/// `ProcEvent::what`: a traced process forked a child, which the kernel traces at once.
+pub const PROC_FORK: u32 = 1;
+/// `ProcEvent::what`: a process called exec (reported for traced processes always, and for
+/// every process when userspace selects by executable or container).
+pub const PROC_EXEC: u32 = 2;
+/// `ProcEvent::what`: the last thread of a traced process exited; the kernel stopped tracing it.
+pub const PROC_EXIT: u32 = 3;
+/// `ProcEvent::what`: an untraced process accepted or connected on a selected port; the kernel
+/// traces it from this connection on.
+pub const PROC_PORT: u32 = 4;
 
 /// `EventHeader::direction`: the process received these bytes.
 pub const DIR_INGRESS: u8 = 1;
@@ -70,8 +83,23 @@ pub mod counter {
     pub const LOST_FD_LOOKUP: u32 = 5;
     /// Scratch buffer unavailable (should never happen; counted so it would be seen).
     pub const LOST_NO_SCRATCH: u32 = 6;
+    /// Processes the kernel started tracing by itself (fork of a traced process, selected port)
+    /// but could not add to the traced map because it was full.
+    pub const LOST_TRACED_FULL: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
+}
+
+/// Bits of `Settings::flags`: which selectors the kernel evaluates on its own.
+pub mod select {
+    /// Every process is traced except the excluded ones (`--all`).
+    pub const ALL: u32 = 1;
+    /// Processes in a cgroup of `TRACED_CGROUPS` are traced (`--container`).
+    pub const CGROUPS: u32 = 2;
+    /// Untraced processes that accept or connect on a port of `SELECT_PORTS` become traced.
+    pub const PORTS: u32 = 4;
+    /// Every exec is reported, so userspace can select by executable or container.
+    pub const REPORT_EXEC: u32 = 8;
 }
 
 /// What the kernel knows about one socket fd of a traced process. Cached per (tgid, fd) in an
@@ -129,6 +157,28 @@ pub struct EventHeader {
     pub conn: ConnInfo,
 }
 
+/// A process lifecycle record (`kind == EVENT_PROC`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcEvent {
+    /// Always `EVENT_PROC`; first, like `EventHeader::kind`, so records are told apart.
+    pub kind: u32,
+    /// One of the `PROC_*` constants.
+    pub what: u32,
+    /// The process concerned (the child, for a fork).
+    pub tgid: u32,
+    /// The parent, for a fork; 0 otherwise.
+    pub ppid: u32,
+    /// `bpf_ktime_get_ns()` when it happened.
+    pub time_ns: u64,
+    /// The cgroup v2 id of the process (`bpf_get_current_cgroup_id`), so userspace needs no
+    /// cgroup path (which a cgroup namespace would make relative) to select a container.
+    pub cgroup_id: u64,
+    /// The selected port, for `PROC_PORT`.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
 /// A whole data record as assembled in the per-CPU scratch buffer before it is copied into the
 /// ring buffer. The payload area is twice `MAX_PAYLOAD` so that the kernel can append iovec
 /// fragments at a masked offset without the verifier losing track of bounds; at most
@@ -180,6 +230,14 @@ pub struct KernelOffsets {
     pub sk_num: u32,
     /// `sock.__sk_common.skc_dport` (remote port, network order)
     pub sk_dport: u32,
+    /// `task_struct.pid` (thread id)
+    pub task_pid: u32,
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+    /// `task_struct.signal`
+    pub task_signal: u32,
+    /// `signal_struct.live` (threads still alive)
+    pub signal_live: u32,
     pub _pad: u32,
 }
 
@@ -194,13 +252,17 @@ pub struct Settings {
     pub agent_tgid: u32,
     /// Payload bytes to capture per syscall (at most `MAX_PAYLOAD`).
     pub capture_bytes: u32,
+    /// `select::*` bits.
+    pub flags: u32,
+    pub _pad: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 56);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 104);
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 104 + MAX_PAYLOAD * 2);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72);
-const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
+const _: () = assert!(core::mem::size_of::<Settings>() == 16);
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 40);
 const _: () = assert!(MAX_PAYLOAD.is_power_of_two());
 
 #[cfg(feature = "user")]
@@ -211,4 +273,5 @@ mod pod {
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::ProcEvent {}
 }

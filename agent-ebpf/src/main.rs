@@ -4,8 +4,9 @@
 //! saves the arguments of a read/write-type syscall in `INFLIGHT`, and the matching `sys_exit_*`
 //! program, once the syscall has moved bytes on a TCP socket, copies a bounded payload prefix and
 //! sends it with the connection's 4-tuple through the `EVENTS` ring buffer. `connect`, `accept`,
-//! `accept4` and `close` mark connection boundaries and roles. Nothing here parses protocols:
-//! that is userspace's job.
+//! `accept4` and `close` mark connection boundaries and roles; the `sched` programs keep the
+//! traced set right as processes fork, exec and exit. Nothing here parses protocols: that is
+//! userspace's job.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -13,6 +14,8 @@
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod payload;
+#[cfg(target_arch = "bpf")]
+mod process;
 #[cfg(target_arch = "bpf")]
 mod programs;
 #[cfg(target_arch = "bpf")]

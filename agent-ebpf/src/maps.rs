@@ -1,9 +1,10 @@
 //! Maps and read-only globals shared by every program. Every map is bounded; when one is full the
 //! event is counted under a `counter::*` reason instead of vanishing.
 
-use agent_common::{ConnInfo, DataEvent, KernelOffsets, Settings, counter};
+use agent_common::{ConnInfo, DataEvent, KernelOffsets, Settings, counter, select};
 use aya_ebpf::{
     Global,
+    helpers::bpf_get_current_cgroup_id,
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -28,6 +29,10 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     sk_v6_daddr: 0,
     sk_num: 0,
     sk_dport: 0,
+    task_pid: 0,
+    task_tgid: 0,
+    task_signal: 0,
+    signal_live: 0,
     _pad: 0,
 });
 
@@ -36,11 +41,26 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
 pub static SETTINGS: Global<Settings> = Global::new(Settings {
     agent_tgid: 0,
     capture_bytes: 0,
+    flags: 0,
+    _pad: 0,
 });
 
-/// Processes to trace (tgid → 1). Filled by userspace; a tgid not in here costs one hash lookup.
+/// Processes to trace (tgid → why: 1 selected by userspace, 2 forked from a traced process,
+/// 3 selected by port in the kernel). A tgid not in here costs one hash lookup.
 #[map]
 pub static TRACED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 0);
+
+/// Processes never traced, whatever else selects them (`--exclude-*`), inherited on fork.
+#[map]
+pub static EXCLUDED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 0);
+
+/// cgroup v2 ids whose processes are traced (`--container`), when `select::CGROUPS` is set.
+#[map]
+pub static TRACED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4_096, 0);
+
+/// Ports that select a process accepting or connecting on them, when `select::PORTS` is set.
+#[map]
+pub static SELECT_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1_024, 0);
 
 /// Socket events to userspace: `EventHeader` followed by `captured` payload bytes.
 /// Its size is set by the loader at start-up (`--ring-buffer-size`).
@@ -101,12 +121,49 @@ pub fn count(index: u32) {
     }
 }
 
-/// True when this tgid is one the agent traces.
+/// Marks `TRACED_TGIDS` values: why the kernel traces a process.
+pub const BY_FORK: u8 = 2;
+pub const BY_PORT: u8 = 3;
+
+/// True when this tgid is one the agent traces. The common case, an untraced process with only
+/// pid selection, costs one hash lookup.
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
-    if tgid == SETTINGS.load().agent_tgid {
+    let settings = SETTINGS.load();
+    if tgid == settings.agent_tgid {
         return false;
     }
-    // SAFETY: the value is a plain byte; a concurrent delete can only make it stale.
-    unsafe { TRACED_TGIDS.get(tgid).is_some() }
+    // SAFETY (all map reads): plain values; a concurrent update can only make them stale.
+    if unsafe { TRACED_TGIDS.get(tgid).is_some() } {
+        return true;
+    }
+    if settings.flags & (select::ALL | select::CGROUPS) == 0 {
+        return false;
+    }
+    if unsafe { EXCLUDED_TGIDS.get(tgid).is_some() } {
+        return false;
+    }
+    if settings.flags & select::ALL != 0 {
+        return true;
+    }
+    // SAFETY: helper without preconditions.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    unsafe { TRACED_CGROUPS.get(cgroup).is_some() }
+}
+
+/// True when an untraced process may be selected by port in the kernel.
+#[inline(always)]
+pub fn may_select_by_port(tgid: u32) -> bool {
+    let settings = SETTINGS.load();
+    settings.flags & select::PORTS != 0
+        && tgid != settings.agent_tgid
+        // SAFETY: plain value.
+        && unsafe { EXCLUDED_TGIDS.get(tgid).is_none() }
+}
+
+/// True when `port` is one of the selected ports.
+#[inline(always)]
+pub fn is_selected_port(port: u16) -> bool {
+    // SAFETY: plain value.
+    port != 0 && unsafe { SELECT_PORTS.get(port).is_some() }
 }

@@ -3,8 +3,8 @@
 //! return value of `sys_exit_*` sits at byte 16.
 
 use agent_common::{
-    DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_OPEN, EventHeader, ROLE_CLIENT, ROLE_SERVER,
-    counter, syscall,
+    ConnInfo, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_OPEN, EventHeader, PROC_PORT,
+    ROLE_CLIENT, ROLE_SERVER, counter, syscall,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -13,9 +13,13 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{BufKind, CONNS, INFLIGHT, Inflight, count, is_traced},
+    maps::{
+        BY_PORT, BufKind, CONNS, INFLIGHT, Inflight, TRACED_TGIDS, count, is_selected_port,
+        is_traced, may_select_by_port,
+    },
     payload::{emit_data, emit_header},
-    sock::{conn_key, establish, lookup},
+    process,
+    sock::{conn_key, establish, fd_to_file, lookup, resolve},
 };
 
 const EINPROGRESS: i64 = 115;
@@ -48,6 +52,18 @@ fn enter(ctx: &TracePointContext, sc: u8, direction: u8, kind: BufKind, buf_arg:
     if !is_traced((pid_tgid >> 32) as u32) {
         return 0;
     }
+    save(ctx, pid_tgid, sc, direction, kind, buf_arg)
+}
+
+#[inline(always)]
+fn save(
+    ctx: &TracePointContext,
+    pid_tgid: u64,
+    sc: u8,
+    direction: u8,
+    kind: BufKind,
+    buf_arg: usize,
+) -> u32 {
     let args = Inflight {
         // SAFETY: helper without preconditions.
         enter_ns: unsafe { bpf_ktime_get_ns() },
@@ -109,9 +125,49 @@ fn opened(pid_tgid: u64, fd: i32, role: u8, sc: u8, enter_ns: u64) {
         count(counter::LOST_FD_LOOKUP);
         return;
     };
+    announce(pid_tgid, fd, conn, sc, enter_ns);
+}
+
+/// An untraced process accepted (`lport`) or connected (`rport`) a TCP connection: when the port
+/// is selected, the kernel traces the process from this connection on and tells userspace.
+/// Returns true when it did.
+#[inline(always)]
+fn select_by_port(pid_tgid: u64, fd: i32, role: u8) -> bool {
+    let tgid = (pid_tgid >> 32) as u32;
+    if !may_select_by_port(tgid) {
+        return false;
+    }
+    let Some(file) = fd_to_file(fd) else {
+        return false;
+    };
+    let conn = resolve(file, role);
+    let port = if role == ROLE_SERVER {
+        conn.lport
+    } else {
+        conn.rport
+    };
+    if conn.is_tcp == 0 || !is_selected_port(port) {
+        return false;
+    }
+    if TRACED_TGIDS.insert(tgid, BY_PORT, 0).is_err() {
+        count(counter::LOST_TRACED_FULL);
+        return false;
+    }
+    process::emit(PROC_PORT, tgid, 0, port);
+    let _ = CONNS.insert(conn_key(tgid, fd), conn, 0);
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    announce(pid_tgid, fd, conn, syscall::ACCEPT, now);
+    true
+}
+
+/// Sends the open record of a TCP connection.
+#[inline(always)]
+fn announce(pid_tgid: u64, fd: i32, conn: ConnInfo, sc: u8, enter_ns: u64) {
     if conn.is_tcp == 0 {
         return;
     }
+    let tgid = (pid_tgid >> 32) as u32;
     emit_header(EventHeader {
         kind: EVENT_OPEN,
         tgid,
@@ -216,10 +272,16 @@ data_syscall!(
     1
 );
 
-/// `syscalls/sys_enter_connect`: remembers which fd a traced process connects.
+/// `syscalls/sys_enter_connect`: remembers which fd a traced process connects (and, with port
+/// selection, any process that may become traced).
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    enter(&ctx, syscall::CONNECT, 0, BufKind::None, 1)
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_traced(tgid) && !may_select_by_port(tgid) {
+        return 0;
+    }
+    save(&ctx, pid_tgid, syscall::CONNECT, 0, BufKind::None, 1)
 }
 
 /// `syscalls/sys_exit_connect`: the fd is now a client connection (also when still in progress).
@@ -230,7 +292,10 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let r = ret(&ctx);
-    if r == 0 || r == -EINPROGRESS {
+    if r != 0 && r != -EINPROGRESS {
+        return 0;
+    }
+    if is_traced((pid_tgid >> 32) as u32) {
         opened(
             pid_tgid,
             args.fd,
@@ -238,6 +303,8 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
             syscall::CONNECT,
             args.enter_ns,
         );
+    } else {
+        select_by_port(pid_tgid, args.fd, ROLE_CLIENT);
     }
     0
 }
@@ -257,18 +324,21 @@ pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn accepted(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(args) = take_inflight(pid_tgid) else {
-        return 0;
-    };
     let r = ret(ctx);
-    if r >= 0 {
-        opened(
+    match take_inflight(pid_tgid) {
+        Some(args) if r >= 0 => opened(
             pid_tgid,
             r as i32,
             ROLE_SERVER,
             syscall::ACCEPT,
             args.enter_ns,
-        );
+        ),
+        Some(_) => {}
+        // Not traced when the call began: maybe selected by the port it accepted on.
+        None if r >= 0 => {
+            select_by_port(pid_tgid, r as i32, ROLE_SERVER);
+        }
+        None => {}
     }
     0
 }

@@ -62,6 +62,10 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         sk_v6_daddr: f.offset("sock", "__sk_common.skc_v6_daddr")?,
         sk_num: f.offset("sock", "__sk_common.skc_num")?,
         sk_dport: f.offset("sock", "__sk_common.skc_dport")?,
+        task_pid: f.offset("task_struct", "pid")?,
+        task_tgid: f.offset("task_struct", "tgid")?,
+        task_signal: f.offset("task_struct", "signal")?,
+        signal_live: f.offset("signal_struct", "live")?,
         _pad: 0,
     })
 }
@@ -165,6 +169,12 @@ mod tests {
         assert_eq!(off.sk_family, 16);
         assert!(off.sk_v6_daddr > off.sk_family);
         assert!(off.task_files > 0 && off.socket_sk > 0);
+        assert_eq!(
+            off.task_tgid,
+            off.task_pid + 4,
+            "pid and tgid are neighbours"
+        );
+        assert!(off.task_signal > 0);
         assert_ne!(off.sk_protocol, 0);
     }
 }

@@ -1,4 +1,5 @@
-//! Drains the kernel's ring buffer into typed [`SocketEvent`]s on a bounded channel.
+//! Drains the kernel's ring buffer into typed [`Event`]s (socket traffic, process lifecycle) on
+//! a bounded channel.
 //!
 //! The ring buffer's fd is registered with tokio (`AsyncFd`), so the task sleeps until the kernel
 //! has records. Records that do not decode are counted, never trusted. When the channel is full
@@ -8,8 +9,8 @@
 use std::sync::Arc;
 
 use agent_common::{
-    ConnInfo, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA, EVENT_OPEN, EventHeader,
-    MAX_PAYLOAD,
+    ConnInfo, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA, EVENT_OPEN, EVENT_PROC,
+    EventHeader, MAX_PAYLOAD, PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_PORT, ProcEvent,
 };
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
@@ -54,6 +55,36 @@ pub struct SocketEvent {
     pub payload: Vec<u8>,
 }
 
+/// What happened to a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessChange {
+    /// A traced process forked `tgid` (already traced by the kernel).
+    Fork { parent: u32 },
+    /// `tgid` runs a new program.
+    Exec,
+    /// `tgid` exited (the kernel no longer traces it).
+    Exit,
+    /// `tgid` accepted or connected on a selected port (the kernel traces it now).
+    Port(u16),
+}
+
+/// One process record from the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessEvent {
+    pub tgid: u32,
+    pub change: ProcessChange,
+    pub time_ns: u64,
+    /// The process's cgroup v2 id, as the kernel sees it.
+    pub cgroup_id: u64,
+}
+
+/// Any record from the kernel.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Socket(SocketEvent),
+    Process(ProcessEvent),
+}
+
 /// Why a record was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -65,12 +96,47 @@ pub enum DecodeError {
     Kind(u32),
     #[error("unknown direction {0}")]
     Direction(u8),
+    #[error("unknown process change {0}")]
+    ProcessChange(u32),
 }
 
 const HEADER: usize = std::mem::size_of::<EventHeader>();
+const PROC: usize = std::mem::size_of::<ProcEvent>();
 
 /// Decodes one ring-buffer record.
-pub fn decode(record: &[u8]) -> Result<SocketEvent, DecodeError> {
+pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
+    let kind = record
+        .get(..4)
+        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(DecodeError::Short(record.len()))?;
+    if kind == EVENT_PROC {
+        return decode_process(record).map(Event::Process);
+    }
+    decode_socket(record).map(Event::Socket)
+}
+
+fn decode_process(record: &[u8]) -> Result<ProcessEvent, DecodeError> {
+    if record.len() < PROC {
+        return Err(DecodeError::Short(record.len()));
+    }
+    // SAFETY: length checked; ProcEvent is Pod (any bit pattern valid); unaligned read.
+    let p: ProcEvent = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    let change = match p.what {
+        PROC_FORK => ProcessChange::Fork { parent: p.ppid },
+        PROC_EXEC => ProcessChange::Exec,
+        PROC_EXIT => ProcessChange::Exit,
+        PROC_PORT => ProcessChange::Port(p.port),
+        other => return Err(DecodeError::ProcessChange(other)),
+    };
+    Ok(ProcessEvent {
+        tgid: p.tgid,
+        change,
+        time_ns: p.time_ns,
+        cgroup_id: p.cgroup_id,
+    })
+}
+
+fn decode_socket(record: &[u8]) -> Result<SocketEvent, DecodeError> {
     if record.len() < HEADER {
         return Err(DecodeError::Short(record.len()));
     }
@@ -107,7 +173,7 @@ pub fn decode(record: &[u8]) -> Result<SocketEvent, DecodeError> {
 }
 
 /// Reads every record currently in the ring buffer.
-fn drain(ring: &mut RingBuf<MapData>, stats: &Stats, out: &mut Vec<SocketEvent>) {
+fn drain(ring: &mut RingBuf<MapData>, stats: &Stats, out: &mut Vec<Event>) {
     while let Some(item) = ring.next() {
         match decode(&item) {
             Ok(ev) => out.push(ev),
@@ -123,7 +189,7 @@ fn drain(ring: &mut RingBuf<MapData>, stats: &Stats, out: &mut Vec<SocketEvent>)
 /// returns, closing the channel.
 pub async fn run(
     ring: RingBuf<MapData>,
-    tx: mpsc::Sender<SocketEvent>,
+    tx: mpsc::Sender<Event>,
     stats: Arc<Stats>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
@@ -154,7 +220,7 @@ pub async fn run(
     }
 }
 
-async fn forward(tx: &mpsc::Sender<SocketEvent>, stats: &Stats, batch: &mut Vec<SocketEvent>) {
+async fn forward(tx: &mpsc::Sender<Event>, stats: &Stats, batch: &mut Vec<Event>) {
     for ev in batch.drain(..) {
         stats.inc(&stats.events_received);
         if tx.send(ev).await.is_err() {
@@ -186,7 +252,9 @@ mod tests {
             len: 10,
             ..Default::default()
         };
-        let ev = decode(&record(h, b"abc")).unwrap();
+        let Event::Socket(ev) = decode(&record(h, b"abc")).unwrap() else {
+            panic!("a socket event");
+        };
         assert_eq!(ev.payload, b"abc");
         assert_eq!(ev.len, 10);
         assert_eq!(
@@ -198,7 +266,31 @@ mod tests {
     }
 
     #[test]
+    fn decodes_process_records() {
+        let p = ProcEvent {
+            kind: EVENT_PROC,
+            what: PROC_PORT,
+            tgid: 77,
+            port: 8080,
+            ..Default::default()
+        };
+        // SAFETY: ProcEvent is Pod.
+        let bytes =
+            unsafe { std::slice::from_raw_parts((&p as *const ProcEvent).cast::<u8>(), PROC) };
+        let Event::Process(ev) = decode(bytes).unwrap() else {
+            panic!("a process event");
+        };
+        assert_eq!(ev.tgid, 77);
+        assert_eq!(ev.change, ProcessChange::Port(8080));
+        assert_eq!(decode(&bytes[..10]).unwrap_err(), DecodeError::Short(10));
+        let mut bad = bytes.to_vec();
+        bad[4] = 99;
+        assert_eq!(decode(&bad).unwrap_err(), DecodeError::ProcessChange(99));
+    }
+
+    #[test]
     fn rejects_bad_records() {
+        assert_eq!(decode(&[0u8; 3]).unwrap_err(), DecodeError::Short(3));
         assert_eq!(decode(&[0u8; 5]).unwrap_err(), DecodeError::Short(5));
         let h = EventHeader {
             kind: EVENT_DATA,

@@ -1,17 +1,23 @@
 //! The userspace half of the agent. Data path, one module per stage:
 //! [`loader`] → [`capture`] → [`conn`] → [`protocol`] → [`trace`] → [`export`], wired by
-//! [`pipeline`]. See docs/ARCHITECTURE.md.
+//! [`pipeline`]; beside it [`select`] (which processes), [`process`] and [`k8s`] (what they are
+//! called), [`config`] and [`cli`] (settings), [`admin`] (the agent's own HTTP endpoint).
+//! See docs/ARCHITECTURE.md.
 
+pub mod admin;
 pub mod btf;
 pub mod capture;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod conn;
 pub mod elf;
 pub mod export;
+pub mod k8s;
 pub mod loader;
 pub mod pipeline;
 pub mod process;
 pub mod protocol;
+pub mod select;
 pub mod stats;
 pub mod trace;

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use tracing::{debug, info};
 
@@ -47,6 +47,12 @@ pub const TRACEPOINTS: &[&str] = &[
     "sys_enter_close",
 ];
 
+/// Process lifecycle tracepoints (category `sched`).
+pub const SCHED_TRACEPOINTS: &[&str] = &["sched_process_exec", "sched_process_exit"];
+
+/// Raw tracepoints (the program and the tracepoint have the same name).
+pub const RAW_TRACEPOINTS: &[&str] = &["sched_process_fork"];
+
 /// Where tracefs is mounted on current systems.
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -57,16 +63,28 @@ pub struct LoadOptions {
     pub capture_bytes: u32,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_buffer_bytes: u32,
+    /// `agent_common::select` bits: what the kernel selects by itself.
+    pub select_flags: u32,
 }
 
 /// The loaded, attached programs and the maps userspace uses. Dropping it detaches everything.
 pub struct Probes {
     /// Keeps the programs (and their links) alive.
     pub ebpf: Ebpf,
-    /// Traced processes.
-    pub traced: HashMap<MapData, u32, u8>,
     /// Kernel-side counters.
     pub counters: PerCpuArray<MapData, u64>,
+}
+
+/// The maps through which userspace tells the kernel which processes to trace.
+pub struct SelectMaps {
+    /// Traced processes (tgid → reason).
+    pub traced: HashMap<MapData, u32, u8>,
+    /// Processes never traced.
+    pub excluded: HashMap<MapData, u32, u8>,
+    /// cgroup ids whose processes are traced.
+    pub cgroups: HashMap<MapData, u64, u8>,
+    /// Ports that select processes.
+    pub ports: HashMap<MapData, u16, u8>,
 }
 
 /// Fails with one clear sentence when the agent cannot run eBPF at all.
@@ -109,8 +127,12 @@ pub fn ensure_tracefs() -> Result<()> {
 }
 
 /// Loads the programs with the given offsets and settings and attaches every tracepoint.
-/// Returns the probes and, separately, the ring buffer so `capture` can own it.
-pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<(Probes, RingBuf<MapData>)> {
+/// Returns the probes, the selection maps and, separately, the ring buffer so `capture` can own
+/// it.
+pub fn load(
+    offsets: KernelOffsets,
+    opts: &LoadOptions,
+) -> Result<(Probes, SelectMaps, RingBuf<MapData>)> {
     // Older kernels charge BPF memory to RLIMIT_MEMLOCK; lift it (harmless on newer ones).
     let unlimited = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
@@ -123,6 +145,8 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<(Probes, RingB
     let settings = Settings {
         agent_tgid: std::process::id(),
         capture_bytes: opts.capture_bytes,
+        flags: opts.select_flags,
+        _pad: 0,
     };
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)
@@ -130,7 +154,11 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<(Probes, RingB
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
         .load(EBPF_OBJECT)
         .map_err(explain_load_error)?;
-    for name in TRACEPOINTS {
+    let tracepoints = TRACEPOINTS
+        .iter()
+        .map(|n| ("syscalls", *n))
+        .chain(SCHED_TRACEPOINTS.iter().map(|n| ("sched", *n)));
+    for (category, name) in tracepoints {
         let program: &mut TracePoint = ebpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the eBPF object"))?
@@ -140,25 +168,40 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<(Probes, RingB
             .load()
             .with_context(|| format!("the kernel refused to load {name}"))?;
         program
-            .attach("syscalls", name)
-            .with_context(|| format!("attaching syscalls/{name}"))?;
+            .attach(category, name)
+            .with_context(|| format!("attaching {category}/{name}"))?;
     }
-    debug!(programs = TRACEPOINTS.len(), "tracepoints attached");
-    let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS missing")?)?;
-    let traced = HashMap::try_from(
-        ebpf.take_map("TRACED_TGIDS")
-            .context("map TRACED_TGIDS missing")?,
-    )?;
-    let counters =
-        PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
-    Ok((
-        Probes {
-            ebpf,
-            traced,
-            counters,
-        },
-        events,
-    ))
+    for name in RAW_TRACEPOINTS {
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a raw tracepoint"))?;
+        program
+            .load()
+            .with_context(|| format!("the kernel refused to load {name}"))?;
+        program
+            .attach(name)
+            .with_context(|| format!("attaching raw tracepoint {name}"))?;
+    }
+    debug!(
+        programs = TRACEPOINTS.len() + SCHED_TRACEPOINTS.len() + RAW_TRACEPOINTS.len(),
+        "programs attached"
+    );
+    let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
+    let select = SelectMaps {
+        traced: HashMap::try_from(take(&mut ebpf, "TRACED_TGIDS")?)?,
+        excluded: HashMap::try_from(take(&mut ebpf, "EXCLUDED_TGIDS")?)?,
+        cgroups: HashMap::try_from(take(&mut ebpf, "TRACED_CGROUPS")?)?,
+        ports: HashMap::try_from(take(&mut ebpf, "SELECT_PORTS")?)?,
+    };
+    let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
+    Ok((Probes { ebpf, counters }, select, events))
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("map {name} missing from the eBPF object"))
 }
 
 fn explain_load_error(err: aya::EbpfError) -> anyhow::Error {
@@ -174,13 +217,6 @@ fn explain_load_error(err: aya::EbpfError) -> anyhow::Error {
 }
 
 impl Probes {
-    /// Starts tracing a process (all of its threads).
-    pub fn trace_pid(&mut self, tgid: u32) -> Result<()> {
-        self.traced
-            .insert(tgid, 1, 0)
-            .with_context(|| format!("adding pid {tgid} to the traced set"))
-    }
-
     /// Sums the per-CPU kernel counters.
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
         sum_counters(&self.counters)

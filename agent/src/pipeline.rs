@@ -1,7 +1,7 @@
 //! Wires the stages together and owns shutdown:
 //!
 //! ```text
-//! kernel ─ring buffer→ capture ─events→ process loop (conn → protocol → trace) ─spans→ export
+//! kernel ─ring buffer→ capture ─events→ process loop (select, conn → protocol → trace) ─spans→ export
 //! ```
 //!
 //! Every channel is bounded. On SIGINT or SIGTERM the programs are detached first (no new
@@ -18,13 +18,19 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    capture::{self, SocketEvent},
-    cli::{Args, Format},
+    admin,
+    capture::{self, Event, ProcessEvent},
+    cli::Format,
     clock,
+    config::Config,
     conn::{ConnRecord, ConnTable, Limits},
     export::{self, Sink, otlp, stdout},
-    loader,
-    process::{self, Processes},
+    k8s, loader,
+    process::Processes,
+    select::{
+        Selector, Tracker,
+        tracker::{Change, Reason},
+    },
     stats::{self, Stats},
     trace::{Linker, Span, sampler::Sampler},
 };
@@ -34,15 +40,18 @@ const EVENT_QUEUE: usize = 65_536;
 /// Connections idle this long are forgotten.
 const IDLE: Duration = Duration::from_secs(300);
 
-/// Checks the pids before anything is loaded.
-fn check_pids(pids: &[u32]) -> Result<()> {
+/// Checks `--pid` selectors before anything is loaded, so a typo fails at once.
+fn check_pids(config: &Config) -> Result<()> {
     let me = std::process::id();
-    for &pid in pids {
-        if pid == me {
-            bail!("pid {pid} is the agent itself; the agent never traces itself");
+    for s in &config.selection.include {
+        if let Selector::Pid(pid) = *s {
+            if pid == me {
+                bail!("pid {pid} is the agent itself; the agent never traces itself");
+            }
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                bail!("cannot trace pid {pid}: is the process running?");
+            }
         }
-        process::read(std::path::Path::new("/proc"), pid, "")
-            .with_context(|| format!("cannot trace pid {pid}: is the process running?"))?;
     }
     Ok(())
 }
@@ -55,76 +64,129 @@ fn queue_size() -> usize {
         .unwrap_or(2048)
 }
 
+fn sink(config: &Config) -> Result<Sink> {
+    match otlp::Config::from_env(
+        config.otlp_endpoint.as_deref(),
+        config.otlp_protocol.as_deref(),
+    )? {
+        Some(otlp) => {
+            otlp.validate()?;
+            info!("exporting spans over OTLP to {}", otlp.describe());
+            Ok(Sink::Otlp(otlp))
+        }
+        None => {
+            info!("no OTLP endpoint configured: printing spans on stdout");
+            Ok(Sink::Stdout(match config.format {
+                Format::Text => stdout::Format::Text,
+                Format::Json => stdout::Format::Json,
+            }))
+        }
+    }
+}
+
+/// Logs one selection change.
+fn log_change(change: &Change, processes: &mut Processes) {
+    match change {
+        Change::Traced(pid, reason) => {
+            let p = processes.get(*pid);
+            let why = match reason {
+                Reason::Selected => "selected".to_string(),
+                Reason::Child(parent) => format!("child of {parent}"),
+                Reason::Port(port) => format!("uses port {port}"),
+            };
+            info!(pid, service = %p.service_name, exe = %p.executable_path, "tracing ({why})");
+        }
+        Change::Untraced(pid) => info!(pid, "no longer tracing (excluded after exec)"),
+        Change::Exited(pid) => debug!(pid, "traced process exited"),
+    }
+}
+
 /// Runs the agent until a signal.
-pub async fn run(args: Args) -> Result<()> {
-    check_pids(&args.pids)?;
-    let sink =
-        match otlp::Config::from_env(args.otlp_endpoint.as_deref(), args.otlp_protocol.as_deref())?
-        {
-            Some(config) => {
-                config.validate()?;
-                info!("exporting spans over OTLP to {}", config.describe());
-                Sink::Otlp(config)
-            }
-            None => {
-                info!("no OTLP endpoint configured: printing spans on stdout");
-                Sink::Stdout(match args.format {
-                    Format::Text => stdout::Format::Text,
-                    Format::Json => stdout::Format::Json,
-                })
-            }
-        };
+pub async fn run(config: Config) -> Result<()> {
+    check_pids(&config)?;
+    let sink = sink(&config)?;
+    let stats = Arc::new(Stats::default());
+    if let Some(port) = config.prometheus_port {
+        let addr = admin::serve(port, stats.clone()).await?;
+        info!("serving /metrics, /healthz and /readyz on {addr}");
+    }
 
     loader::check_privileges()?;
     loader::ensure_tracefs()?;
-    let offsets = loader::offsets(&args.btf)?;
+    let offsets = loader::offsets(&config.btf)?;
     debug!(?offsets, "kernel offsets from BTF");
-    let (mut probes, ring) = loader::load(
+    let cgroup_v2 = if config.selection.wants_containers() {
+        Tracker::usable_cgroup_v2()
+    } else {
+        None
+    };
+    let (probes, select_maps, ring) = loader::load(
         offsets,
         &loader::LoadOptions {
-            capture_bytes: args.capture_bytes,
-            ring_buffer_bytes: args.ring_buffer_mib * 1024 * 1024,
+            capture_bytes: config.capture_bytes,
+            ring_buffer_bytes: config.ring_buffer_mib * 1024 * 1024,
+            select_flags: config.selection.kernel_flags(cgroup_v2.is_some()),
         },
     )?;
-    for &pid in &args.pids {
-        probes.trace_pid(pid)?;
+    let pods = k8s::start(&config.kubernetes).await?;
+    let mut processes = Processes::with_pods(4096, pods);
+    let description = config.selection.describe();
+    let mut tracker = Tracker::new(config.selection, select_maps, cgroup_v2)?;
+    for change in tracker.scan()? {
+        log_change(&change, &mut processes);
     }
 
     let sampler = Sampler::from_env();
     debug!(?sampler, "sampler");
-    let stats = Arc::new(Stats::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (ev_tx, ev_rx) = mpsc::channel::<SocketEvent>(EVENT_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let (span_tx, span_rx) = mpsc::channel::<Span>(queue_size());
 
-    let capture = tokio::spawn(capture::run(ring, ev_tx, stats.clone(), stop_rx));
-    let process = tokio::spawn(process_loop(ev_rx, span_tx, sampler, stats.clone()));
+    let capture = tokio::spawn(capture::run(ring, ev_tx.clone(), stats.clone(), stop_rx));
+    let process = tokio::spawn(process_loop(
+        ev_rx,
+        span_tx.clone(),
+        Stages {
+            tracker,
+            processes,
+            linker: Linker::new(sampler),
+        },
+        stats.clone(),
+    ));
     let export = tokio::spawn(export::run(sink, span_rx, stats.clone()));
 
     // Handlers first: a signal from now on means a clean stop.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut processes = Processes::new(64);
-    for &pid in &args.pids {
-        let p = processes.get(pid);
-        info!(pid, service = %p.service_name, "tracing");
-    }
+    stats.set_ready();
+    info!("ready: tracing {description}");
+    let mut refresh = tokio::time::interval(Duration::from_secs(1));
     let mut report = tokio::time::interval(Duration::from_secs(30));
     report.tick().await;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = report.tick() => log_counters(&probes, &stats),
+            _ = refresh.tick() => {
+                if let Ok(k) = probes.counters() {
+                    stats.set_kernel(&k);
+                }
+                stats.set(&stats.gauges.events_queue_depth, (EVENT_QUEUE - ev_tx.capacity()) as u64);
+                stats.set(
+                    &stats.gauges.spans_queue_depth,
+                    (span_tx.max_capacity() - span_tx.capacity()) as u64,
+                );
+            }
+            _ = report.tick() => log_losses(&stats),
         }
     }
     info!("stopping: detaching programs and flushing spans");
+    drop((ev_tx, span_tx));
 
     // Detach: no new events after this point.
     let loader::Probes {
         ebpf,
         counters: counter_map,
-        ..
     } = probes;
     drop(ebpf);
     let _ = stop_tx.send(true);
@@ -132,13 +194,13 @@ pub async fn run(args: Args) -> Result<()> {
     process.await.context("process task")?;
     export.await.context("export task")??;
     // Read after the drain, so the totals are final (the counter map outlives the programs).
-    let counters = loader::sum_counters(&counter_map).ok();
-
-    if let Some(k) = counters {
-        for (name, v) in stats::kernel_counter_names().iter().zip(k) {
-            if v > 0 {
-                info!("{name} = {v}");
-            }
+    if let Ok(k) = loader::sum_counters(&counter_map) {
+        stats.set_kernel(&k);
+    }
+    for (name, v) in stats::kernel_counter_names().iter().zip(&stats.kernel) {
+        let v = v.load(std::sync::atomic::Ordering::Relaxed);
+        if v > 0 {
+            info!("{name} = {v}");
         }
     }
     for (name, v) in stats.snapshot() {
@@ -149,31 +211,39 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn log_counters(probes: &loader::Probes, stats: &Stats) {
-    if let Ok(k) = probes.counters() {
-        let lost = k[agent_common::counter::LOST_RINGBUF_FULL as usize]
-            + k[agent_common::counter::LOST_INFLIGHT_FULL as usize]
-            + k[agent_common::counter::LOST_FD_LOOKUP as usize];
-        if lost > 0 {
-            warn!(lost, "kernel events lost so far (see counters on exit)");
-        }
+fn log_losses(stats: &Stats) {
+    use agent_common::counter;
+    let k = |i: u32| stats.kernel[i as usize].load(std::sync::atomic::Ordering::Relaxed);
+    let lost =
+        k(counter::LOST_RINGBUF_FULL) + k(counter::LOST_INFLIGHT_FULL) + k(counter::LOST_FD_LOOKUP);
+    if lost > 0 {
+        warn!(
+            lost,
+            "kernel events lost so far (see /metrics or the counters on exit)"
+        );
     }
-    let snap = stats.snapshot();
-    debug!(?snap, "counters");
+    debug!(snap = ?stats.snapshot(), "counters");
 }
 
-/// Connection tracking, parsing, linking and span making: single-threaded, fed by capture.
+/// The stages the process loop drives.
+struct Stages {
+    tracker: Tracker,
+    processes: Processes,
+    linker: Linker,
+}
+
+/// Selection, connection tracking, parsing, linking and span making: single-threaded, fed by
+/// capture.
 async fn process_loop(
-    mut rx: mpsc::Receiver<SocketEvent>,
+    mut rx: mpsc::Receiver<Event>,
     tx: mpsc::Sender<Span>,
-    sampler: Sampler,
+    mut st: Stages,
     stats: Arc<Stats>,
 ) {
     let mut table = ConnTable::new(Limits::default());
-    let mut linker = Linker::new(sampler);
-    let mut processes = Processes::new(4096);
     let mut records: Vec<ConnRecord> = Vec::new();
     let mut spans: Vec<Span> = Vec::new();
+    let mut exited: Vec<u32> = Vec::new();
     let mut batch = Vec::with_capacity(256);
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
     // Frequent enough that a SERVER span waiting for its client is not held long.
@@ -187,30 +257,46 @@ async fn process_loop(
                     break;
                 }
                 for ev in batch.drain(..) {
-                    table.handle(&ev, &stats, &mut records);
+                    match ev {
+                        Event::Socket(ev) => table.handle(&ev, &stats, &mut records),
+                        Event::Process(ev) => {
+                            if let Some(pid) = on_process(&ev, &mut st, &mut table, &stats, &mut records) {
+                                exited.push(pid);
+                            }
+                        }
+                    }
+                    // In event order, so that a span is named by the program that served it.
+                    for rec in records.drain(..) {
+                        st.linker.record(rec, &mut st.processes, &stats, &mut spans);
+                    }
                 }
             }
             _ = link_tick.tick() => {
-                linker.tick(clock::monotonic_ns(), &mut processes, &stats, &mut spans);
+                st.linker.tick(clock::monotonic_ns(), &mut st.processes, &stats, &mut spans);
+                stats.set(&stats.gauges.connections, table.len() as u64);
+                stats.set(&stats.gauges.requests_in_flight, st.linker.tracked() as u64);
+                stats.set(&stats.gauges.processes_traced, st.tracker.traced().count() as u64);
             }
             _ = sweep.tick() => {
                 let cutoff = clock::monotonic_ns().saturating_sub(IDLE.as_nanos() as u64);
-                let gone = table.expire(cutoff, alive, &stats, &mut records);
-                for pid in gone {
-                    linker.forget_process(pid);
-                }
+                exited.extend(table.expire(cutoff, alive, &stats, &mut records));
             }
         }
         for rec in records.drain(..) {
-            linker.record(rec, &mut processes, &stats, &mut spans);
+            st.linker.record(rec, &mut st.processes, &stats, &mut spans);
         }
         emit(&mut spans, &tx, &stats);
+        // Forgotten only now that their last spans are made.
+        for pid in exited.drain(..) {
+            st.linker.forget_process(pid);
+            st.processes.forget(pid);
+        }
     }
     table.close_all(&stats, &mut records);
     for rec in records.drain(..) {
-        linker.record(rec, &mut processes, &stats, &mut spans);
+        st.linker.record(rec, &mut st.processes, &stats, &mut spans);
     }
-    linker.flush(&mut processes, &stats, &mut spans);
+    st.linker.flush(&mut st.processes, &stats, &mut spans);
     // At shutdown, wait for room rather than drop: these requests finished before the signal.
     for span in spans.drain(..) {
         if let Some(span) = keep(span, &stats)
@@ -218,6 +304,31 @@ async fn process_loop(
         {
             stats.inc(&stats.spans_dropped_queue);
         }
+    }
+}
+
+/// A process forked, exec'd, exited or was selected by port. Returns the pid of a process that
+/// exited, to forget once its last spans are made.
+fn on_process(
+    ev: &ProcessEvent,
+    st: &mut Stages,
+    table: &mut ConnTable,
+    stats: &Stats,
+    records: &mut Vec<ConnRecord>,
+) -> Option<u32> {
+    if matches!(ev.change, capture::ProcessChange::Exec) {
+        // A new program: a new identity (the connections it kept stay).
+        st.processes.forget(ev.tgid);
+    }
+    let change = st.tracker.on_event(ev)?;
+    log_change(&change, &mut st.processes);
+    match change {
+        Change::Exited(pid) => {
+            // Its sockets closed without a close call: end its connections now.
+            table.drop_process(pid, stats, records);
+            Some(pid)
+        }
+        _ => None,
     }
 }
 

@@ -1,17 +1,21 @@
 //! The agent's own health counters: every event, message or span that is dropped anywhere in the
 //! pipeline is counted here, and the totals are logged on exit (and periodically at debug level).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use agent_common::counter;
 
 /// Declares the counters once: the struct fields, their doc comments and their names.
 macro_rules! counters {
     ($($(#[doc = $doc:literal])* $name:ident,)*) => {
-        /// Userspace counters, shared by all stages.
+        /// Userspace counters, shared by all stages, with the latest kernel counters and gauges.
         #[derive(Debug, Default)]
         pub struct Stats {
             $($(#[doc = $doc])* pub $name: AtomicU64,)*
+            /// The kernel's counters as last read (`agent_common::counter` order).
+            pub kernel: [AtomicU64; counter::COUNT as usize],
+            pub gauges: Gauges,
+            ready: AtomicBool,
         }
 
         impl Stats {
@@ -32,6 +36,8 @@ counters! {
     events_dropped_shutdown,
     /// Connections dropped from the table because it was full.
     conns_evicted,
+    /// Connections ended because their process exited (its sockets closed without `close`).
+    conns_ended_by_exit,
     /// Bytes discarded because a stream buffer was over its limit.
     stream_bytes_dropped,
     /// Connections whose traffic is not HTTP/1.
@@ -76,7 +82,66 @@ counters! {
     spans_exported,
 }
 
+/// Current sizes of the agent's queues and tables.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Kernel events waiting between capture and processing.
+    pub events_queue_depth: AtomicU64,
+    /// Spans waiting to be exported.
+    pub spans_queue_depth: AtomicU64,
+    /// Connections tracked.
+    pub connections: AtomicU64,
+    /// Requests in flight tracked for linking.
+    pub requests_in_flight: AtomicU64,
+    /// Processes traced (selected one by one; 0 with --all).
+    pub processes_traced: AtomicU64,
+}
+
 impl Stats {
+    /// Name and value of every gauge.
+    pub fn gauges(&self) -> Vec<(&'static str, u64)> {
+        let g = &self.gauges;
+        let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("events_queue_depth", v(&g.events_queue_depth)),
+            ("spans_queue_depth", v(&g.spans_queue_depth)),
+            ("connections", v(&g.connections)),
+            ("requests_in_flight", v(&g.requests_in_flight)),
+            ("processes_traced", v(&g.processes_traced)),
+        ]
+    }
+
+    /// Sets a gauge.
+    pub fn set(&self, g: &AtomicU64, value: u64) {
+        g.store(value, Ordering::Relaxed);
+    }
+
+    /// Records the kernel's counters.
+    pub fn set_kernel(&self, values: &[u64; counter::COUNT as usize]) {
+        for (slot, v) in self.kernel.iter().zip(values) {
+            slot.store(*v, Ordering::Relaxed);
+        }
+    }
+
+    /// The kernel's counters by outcome (`sent`, `lost_ringbuf_full`, ...).
+    pub fn kernel_snapshot(&self) -> Vec<(&'static str, u64)> {
+        kernel_counter_names()
+            .iter()
+            .zip(&self.kernel)
+            .map(|(n, v)| (n.trim_start_matches("kernel_"), v.load(Ordering::Relaxed)))
+            .map(|(n, v)| (n.strip_prefix("events_").unwrap_or(n), v))
+            .collect()
+    }
+
+    /// Programs attached and processes selected.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
     pub fn inc(&self, c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -96,5 +161,6 @@ pub fn kernel_counter_names() -> [&'static str; counter::COUNT as usize] {
         "kernel_payload_truncated",
         "kernel_lost_fd_lookup",
         "kernel_lost_no_scratch",
+        "kernel_lost_traced_full",
     ]
 }

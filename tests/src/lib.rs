@@ -2,6 +2,7 @@
 //! curl) and a real OTLP receiver. Nothing is mocked; these tests need root and a kernel that
 //! loads the agent's eBPF programs, and fail loudly when it does not.
 
+pub mod container;
 pub mod netns;
 pub mod receiver;
 
@@ -180,9 +181,10 @@ impl Agent {
                 .stderr
                 .get()
                 .iter()
-                .any(|l| l.contains("tracing") && l.contains("pid"))
+                .any(|l| l.contains("ready: tracing"))
             {
-                // The log line is written after every program is attached.
+                // The log line is written once every program is attached and the running
+                // processes are selected.
                 return Agent { proc };
             }
             if let Some(status) = proc.child.try_wait().expect("try_wait") {

@@ -163,6 +163,19 @@ fn setup() -> Result<()> {
         "util-linux",
         "openjdk-17-jdk-headless",
     ])?;
+    // kubectl renders the kustomizations; kubernetes-validate checks manifests offline.
+    if !succeeds(Command::new("kubectl").args(["version", "--client"])) {
+        apt_install(&["kubectl"])?;
+    }
+    if !succeeds(Command::new("kubernetes-validate").arg("--version")) {
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "kubernetes-validate",
+        ]))?;
+    }
     eprintln!("setup: toolchain and test peers present");
     Ok(())
 }

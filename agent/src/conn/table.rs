@@ -289,6 +289,21 @@ impl ConnTable {
         self.fds.clear();
     }
 
+    /// Ends every connection of a process that exited (its sockets closed without `close`).
+    pub fn drop_process(&mut self, tgid: u32, stats: &Stats, out: &mut Vec<ConnRecord>) {
+        let keys: Vec<_> = self
+            .conns
+            .keys()
+            .filter(|k| k.tgid == tgid)
+            .copied()
+            .collect();
+        for key in keys {
+            stats.inc(&stats.conns_ended_by_exit);
+            self.fds.remove(&(key.tgid, key.fd));
+            self.remove(key, stats, out);
+        }
+    }
+
     /// Drops connections idle since before `cutoff_ns` (monotonic) or whose process is gone;
     /// returns the processes found gone.
     pub fn expire(

@@ -170,8 +170,19 @@ pub fn resource(p: &ProcessInfo) -> Resource {
         .runtime
         .name()
         .map(|n| KeyValue::new("process.runtime.name", n));
+    let container = p
+        .container_id
+        .clone()
+        .map(|id| KeyValue::new("container.id", id));
+    // The process's own OTEL_RESOURCE_ATTRIBUTES and k8s.*; the agent's own keys below win.
+    let extra = p
+        .attributes
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()));
     Resource::builder_empty()
+        .with_attributes(extra)
         .with_attributes(runtime)
+        .with_attributes(container)
         .with_attributes([
             KeyValue::new("service.name", p.service_name.clone()),
             KeyValue::new("process.pid", i64::from(p.pid)),

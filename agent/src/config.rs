@@ -1,0 +1,270 @@
+//! The agent's settings: command-line flags over an optional YAML file (`--config`), resolved
+//! once at start-up into a [`Config`]. Selectors of both are combined.
+//!
+//! ```yaml
+//! select:            # any of these, combined
+//!   - exe: "python3*"
+//!   - port: 8080
+//!   - pid: 4242
+//!   - container: 4f6a1e0b9c2d
+//!   - all: true
+//! exclude:
+//!   - exe: "/usr/sbin/sshd"
+//! otlp_endpoint: http://otel-collector:4317
+//! otlp_protocol: grpc
+//! prometheus_port: 9400
+//! kubernetes: auto
+//! capture_bytes: 4096
+//! ring_buffer_mib: 16
+//! format: text
+//! log: info
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+
+use crate::{
+    cli::{self, Args, Format},
+    k8s,
+    select::{ExeGlob, Selection, Selector},
+};
+
+/// One selector as written in the file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SelectorSpec {
+    Pid(u32),
+    Exe(String),
+    Port(u16),
+    Container(String),
+    All(bool),
+}
+
+/// The YAML file. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// `- pid: 1` style entries (a one-key map per selector).
+    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
+    pub select: Vec<SelectorSpec>,
+    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
+    pub exclude: Vec<SelectorSpec>,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    pub format: Option<Format>,
+    pub capture_bytes: Option<u32>,
+    pub ring_buffer_mib: Option<u32>,
+    pub prometheus_port: Option<u16>,
+    pub kubernetes: Option<k8s::Mode>,
+    pub kubeconfig: Option<PathBuf>,
+    pub node_name: Option<String>,
+    pub btf: Option<PathBuf>,
+    pub log: Option<String>,
+}
+
+impl File {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        if text.trim().is_empty() {
+            return Ok(File::default());
+        }
+        Ok(serde_yaml::from_str(text)?)
+    }
+}
+
+/// Everything the agent runs with.
+#[derive(Debug)]
+pub struct Config {
+    pub selection: Selection,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    pub format: Format,
+    pub capture_bytes: u32,
+    pub ring_buffer_mib: u32,
+    pub prometheus_port: Option<u16>,
+    pub kubernetes: k8s::Options,
+    pub btf: PathBuf,
+    pub log: String,
+}
+
+fn selector(spec: &SelectorSpec) -> Result<Option<Selector>> {
+    Ok(Some(match spec {
+        SelectorSpec::Pid(p) => Selector::Pid(*p),
+        SelectorSpec::Exe(g) => Selector::Exe(ExeGlob::new(g)?),
+        SelectorSpec::Port(p) => Selector::port(*p)?,
+        SelectorSpec::Container(c) => Selector::container(c)?,
+        SelectorSpec::All(true) => Selector::All,
+        SelectorSpec::All(false) => return Ok(None),
+    }))
+}
+
+fn selectors(
+    pids: &[u32],
+    exes: &[String],
+    ports: &[u16],
+    containers: &[String],
+    file: &[SelectorSpec],
+) -> Result<Vec<Selector>> {
+    let mut out: Vec<Selector> = pids.iter().map(|p| Selector::Pid(*p)).collect();
+    for g in exes {
+        out.push(Selector::Exe(ExeGlob::new(g)?));
+    }
+    for p in ports {
+        out.push(Selector::port(*p)?);
+    }
+    for c in containers {
+        out.push(Selector::container(c)?);
+    }
+    for spec in file {
+        out.extend(selector(spec)?);
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Flags over the file (read when `--config` is given).
+    pub fn resolve(args: Args) -> Result<Self> {
+        let file = match &args.config {
+            Some(path) => File::read(path)?,
+            None => File::default(),
+        };
+        Self::merge(args, file)
+    }
+
+    pub fn merge(args: Args, file: File) -> Result<Self> {
+        let mut include = selectors(
+            &args.pids,
+            &args.exes,
+            &args.ports,
+            &args.containers,
+            &file.select,
+        )?;
+        if args.all {
+            include.push(Selector::All);
+        }
+        let exclude = selectors(
+            &args.exclude_pids,
+            &args.exclude_exes,
+            &[],
+            &args.exclude_containers,
+            &file.exclude,
+        )?;
+        let selection = Selection { include, exclude };
+        selection.validate()?;
+        let capture_bytes = args.capture_bytes.or(file.capture_bytes).unwrap_or(4096);
+        if !(64..=4096).contains(&capture_bytes) {
+            bail!("capture_bytes {capture_bytes} must be between 64 and 4096");
+        }
+        let ring_buffer_mib =
+            cli::check_ring_size(args.ring_buffer_mib.or(file.ring_buffer_mib).unwrap_or(16))
+                .map_err(anyhow::Error::msg)?;
+        Ok(Config {
+            selection,
+            otlp_endpoint: args.otlp_endpoint.or(file.otlp_endpoint),
+            otlp_protocol: args.otlp_protocol.or(file.otlp_protocol),
+            format: args.format.or(file.format).unwrap_or(Format::Text),
+            capture_bytes,
+            ring_buffer_mib,
+            prometheus_port: args.prometheus_port.or(file.prometheus_port),
+            kubernetes: k8s::Options {
+                mode: args
+                    .kubernetes
+                    .or(file.kubernetes)
+                    .unwrap_or(k8s::Mode::Auto),
+                kubeconfig: args.kubeconfig.or(file.kubeconfig),
+                node: args.node_name.or(file.node_name),
+            },
+            btf: args
+                .btf
+                .or(file.btf)
+                .unwrap_or_else(|| PathBuf::from(crate::btf::VMLINUX)),
+            log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+select:
+  - exe: "python3*"
+  - port: 8080
+  - pid: 4242
+  - container: 4f6a1e0b9c2d
+  - all: false
+exclude:
+  - exe: "/usr/sbin/sshd"
+otlp_endpoint: http://collector:4317
+prometheus_port: 9400
+kubernetes: "off"
+capture_bytes: 1024
+format: json
+"#;
+
+    #[test]
+    fn file_and_flags_merge() {
+        let file = File::parse(EXAMPLE).unwrap();
+        assert_eq!(file.select.len(), 5);
+        let args = Args {
+            pids: vec![1],
+            capture_bytes: Some(512),
+            ..Args::default()
+        };
+        let c = Config::merge(args, file).unwrap();
+        assert_eq!(
+            c.selection.include.len(),
+            5,
+            "4 from the file (all: false is none) + 1"
+        );
+        assert_eq!(c.selection.exclude.len(), 1);
+        assert_eq!(c.capture_bytes, 512, "the flag wins");
+        assert_eq!(c.format, Format::Json);
+        assert_eq!(c.prometheus_port, Some(9400));
+        assert_eq!(c.kubernetes.mode, k8s::Mode::Off);
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://collector:4317"));
+        assert_eq!(c.ring_buffer_mib, 16);
+        assert_eq!(c.log, "info");
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        let unknown = File::parse("selcet:\n  - pid: 1\n").unwrap_err();
+        assert!(format!("{unknown:#}").contains("selcet"), "{unknown:#}");
+        assert!(File::parse("select:\n  - user: root\n").is_err());
+        let empty = Config::merge(Args::default(), File::parse("").unwrap()).unwrap_err();
+        assert!(format!("{empty}").contains("nothing to trace"));
+        let glob = Config::merge(
+            Args::default(),
+            File::parse("select:\n  - exe: \"[\"\n").unwrap(),
+        )
+        .unwrap_err();
+        assert!(format!("{glob}").contains("glob"));
+        let big = Config::merge(
+            Args {
+                all: true,
+                ..Args::default()
+            },
+            File::parse("capture_bytes: 100000\n").unwrap(),
+        )
+        .unwrap_err();
+        assert!(format!("{big}").contains("capture_bytes"));
+    }
+
+    #[test]
+    fn shipped_example_config_parses() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/base/agent.yaml");
+        let file = File::read(&path).unwrap();
+        let c = Config::merge(Args::default(), file).unwrap();
+        assert!(!c.selection.include.is_empty());
+    }
+}
