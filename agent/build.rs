@@ -44,6 +44,10 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .context("agent-ebpf manifest has no parent")?;
+    // aya-build watches the kernel crate; the types it shares with userspace change it too.
+    if let Some(common) = root.parent().map(|w| w.join("agent-common")) {
+        println!("cargo:rerun-if-changed={common}");
+    }
     aya_build::build_ebpf(
         [Package {
             name: ebpf.name.as_str(),

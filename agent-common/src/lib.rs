@@ -11,8 +11,9 @@
 /// A power of two: the kernel programs mask offsets with `MAX_PAYLOAD - 1` to satisfy the verifier.
 pub const MAX_PAYLOAD: usize = 4096;
 
-/// Most iovec entries looked at in one `readv`/`writev`/`recvmsg`/`sendmsg`.
-pub const MAX_IOV: usize = 8;
+/// Most iovec entries looked at in one `readv`/`writev`/`recvmsg`/`sendmsg`. Writers such as
+/// gRPC send a frame per slice, many slices per call.
+pub const MAX_IOV: usize = 256;
 
 /// `EventHeader::kind`: bytes moved through a socket.
 pub const EVENT_DATA: u32 = 1;
@@ -86,8 +87,11 @@ pub mod counter {
     /// Processes the kernel started tracing by itself (fork of a traced process, selected port)
     /// but could not add to the traced map because it was full.
     pub const LOST_TRACED_FULL: u32 = 7;
+    /// Syscalls not shipped because userspace marked their connection as of no use (not a
+    /// loss: saved work).
+    pub const SKIPPED_IGNORED: u32 = 8;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Bits of `Settings::flags`: which selectors the kernel evaluates on its own.
@@ -126,6 +130,10 @@ pub struct ConnInfo {
     pub role: u8,
     /// 1 when the fd is an IPv4/IPv6 TCP socket; negative entries (0) are cached too.
     pub is_tcp: u8,
+    /// Set by userspace when the connection's bytes are of no use (unknown protocol, TLS
+    /// seen from the socket): the kernel stops shipping them.
+    pub ignore: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Fixed part of every ring-buffer record. `captured` payload bytes follow it directly.
@@ -257,9 +265,9 @@ pub struct Settings {
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 56);
-const _: () = assert!(core::mem::size_of::<EventHeader>() == 104);
-const _: () = assert!(core::mem::size_of::<DataEvent>() == 104 + MAX_PAYLOAD * 2);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 64);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 112);
+const _: () = assert!(core::mem::size_of::<DataEvent>() == 112 + MAX_PAYLOAD * 2);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
 const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 40);

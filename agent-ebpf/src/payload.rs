@@ -1,8 +1,10 @@
 //! Building one data record: header plus a bounded copy of the user buffer, straight from a
 //! plain buffer or gathered from an iovec array, then one `bpf_ringbuf_output`.
 
+use core::ffi::c_void;
+
 use agent_common::{DataEvent, EVENT_DATA, EventHeader, MAX_IOV, MAX_PAYLOAD, counter};
-use aya_ebpf::helpers::{bpf_probe_read_user, bpf_probe_read_user_buf};
+use aya_ebpf::helpers::{bpf_loop, bpf_probe_read_user, bpf_probe_read_user_buf};
 
 use crate::maps::{BufKind, EVENTS, Inflight, SCRATCH, SETTINGS, count};
 
@@ -50,29 +52,61 @@ fn budget(limit: usize, used: usize, len: u64) -> u64 {
     if len < left { len } else { left }
 }
 
+/// State of an iovec gather, shared with the `bpf_loop` callback.
+#[repr(C)]
+struct Gather {
+    iov: u64,
+    iovcnt: u64,
+    limit: u64,
+    used: u64,
+}
+
+/// One iovec of a gather (a `bpf_loop` callback: the verifier checks it once, whatever the
+/// number of iovecs). Returns 1 to stop.
+#[inline(never)]
+extern "C" fn gather_one(i: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Gather` on the caller's stack, alive for the whole loop.
+    let g = unsafe { &mut *(ctx as *mut Gather) };
+    if i as u64 >= g.iovcnt || g.used >= g.limit {
+        return 1;
+    }
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch entry, used by this program only until it returns.
+    let ev = unsafe { &mut *ev };
+    // SAFETY: user memory read through the checked helper.
+    let Ok(v) = (unsafe { bpf_probe_read_user((g.iov + (i as u64) * 16) as *const Iovec) }) else {
+        count(counter::PAYLOAD_READ_FAILED);
+        return 1;
+    };
+    let used = (g.used as usize) & (MAX_PAYLOAD - 1);
+    let want = budget(g.limit as usize, used, v.len);
+    let got = copy_at(ev, used, v.base, want);
+    g.used = (used + got) as u64;
+    // A partial iovec ends the contiguous prefix: later bytes would not follow it.
+    if (got as u64) < v.len { 1 } else { 0 }
+}
+
 /// Gathers up to `limit` bytes from an iovec array of `count` entries.
 #[inline(always)]
-fn copy_iov(ev: &mut DataEvent, iov: u64, iovcnt: u64, limit: usize) -> usize {
-    let mut used = 0usize;
-    for i in 0..MAX_IOV {
-        if i as u64 >= iovcnt || used >= limit {
-            break;
-        }
-        // SAFETY: user memory read through the checked helper.
-        let Ok(v) = (unsafe { bpf_probe_read_user((iov + (i * 16) as u64) as *const Iovec) })
-        else {
-            count(counter::PAYLOAD_READ_FAILED);
-            break;
-        };
-        let want = budget(limit, used, v.len);
-        let got = copy_at(ev, used, v.base, want);
-        used += got;
-        if (got as u64) < v.len {
-            // A partial iovec ends the contiguous prefix: later bytes would not follow it.
-            break;
-        }
+fn copy_iov(iov: u64, iovcnt: u64, limit: usize) -> usize {
+    let mut g = Gather {
+        iov,
+        iovcnt,
+        limit: limit as u64,
+        used: 0,
+    };
+    // SAFETY: the callback and its context follow the helper's contract.
+    unsafe {
+        bpf_loop(
+            MAX_IOV as u32,
+            gather_one as *mut c_void,
+            &mut g as *mut Gather as *mut c_void,
+            0,
+        );
     }
-    used
+    (g.used as usize).min(MAX_PAYLOAD)
 }
 
 /// Sends one data record for a finished syscall that moved `ret` bytes on the connection `conn`.
@@ -101,14 +135,14 @@ pub fn emit_data(args: &Inflight, header: EventHeader, ret: u64) {
     };
     let captured = match args.kind {
         BufKind::Plain => copy_at(ev, 0, args.buf, limit as u64),
-        BufKind::Iov => copy_iov(ev, args.buf, args.count, limit),
+        BufKind::Iov => copy_iov(args.buf, args.count, limit),
         BufKind::Msg => {
             // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (user ABI, fixed per arch).
             // SAFETY: user memory read through the checked helper.
             let iov = unsafe { bpf_probe_read_user((args.buf + 16) as *const u64) };
             let iovlen = unsafe { bpf_probe_read_user((args.buf + 24) as *const u64) };
             match (iov, iovlen) {
-                (Ok(iov), Ok(iovlen)) => copy_iov(ev, iov, iovlen, limit),
+                (Ok(iov), Ok(iovlen)) => copy_iov(iov, iovlen, limit),
                 _ => {
                     count(counter::PAYLOAD_READ_FAILED);
                     0

@@ -100,6 +100,10 @@ fn exit(ctx: &TracePointContext) -> u32 {
     if conn.is_tcp == 0 {
         return 0;
     }
+    if conn.ignore != 0 {
+        count(counter::SKIPPED_IGNORED);
+        return 0;
+    }
     let header = EventHeader {
         tgid,
         tid: pid_tgid as u32,

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use agent_common::{KernelOffsets, Settings, counter};
+use agent_common::{ConnInfo, KernelOffsets, Settings, counter};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -67,6 +67,24 @@ pub struct LoadOptions {
     pub select_flags: u32,
 }
 
+/// The kernel's cache of traced file descriptors, through which userspace tells the kernel to
+/// stop shipping a connection's bytes.
+pub struct Conns(HashMap<MapData, u64, ConnInfo>);
+
+impl Conns {
+    /// Marks the connection behind (tgid, fd) as of no use, if it is still the socket `sock`.
+    pub fn ignore(&mut self, tgid: u32, fd: i32, sock: u64) -> bool {
+        let key = ((tgid as u64) << 32) | (fd as u32 as u64);
+        match self.0.get(&key, 0) {
+            Ok(mut info) if info.sock == sock && info.ignore == 0 => {
+                info.ignore = 1;
+                self.0.insert(key, info, 0).is_ok()
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The loaded, attached programs and the maps userspace uses. Dropping it detaches everything.
 pub struct Probes {
     /// Keeps the programs (and their links) alive.
@@ -126,13 +144,17 @@ pub fn ensure_tracefs() -> Result<()> {
     Ok(())
 }
 
+/// What loading hands out: the probes, the maps userspace writes, and the ring buffer (for
+/// `capture` to own).
+pub struct Loaded {
+    pub probes: Probes,
+    pub select: SelectMaps,
+    pub conns: Conns,
+    pub events: RingBuf<MapData>,
+}
+
 /// Loads the programs with the given offsets and settings and attaches every tracepoint.
-/// Returns the probes, the selection maps and, separately, the ring buffer so `capture` can own
-/// it.
-pub fn load(
-    offsets: KernelOffsets,
-    opts: &LoadOptions,
-) -> Result<(Probes, SelectMaps, RingBuf<MapData>)> {
+pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded> {
     // Older kernels charge BPF memory to RLIMIT_MEMLOCK; lift it (harmless on newer ones).
     let unlimited = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
@@ -195,8 +217,14 @@ pub fn load(
         cgroups: HashMap::try_from(take(&mut ebpf, "TRACED_CGROUPS")?)?,
         ports: HashMap::try_from(take(&mut ebpf, "SELECT_PORTS")?)?,
     };
+    let conns = Conns(HashMap::try_from(take(&mut ebpf, "CONNS")?)?);
     let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
-    Ok((Probes { ebpf, counters }, select, events))
+    Ok(Loaded {
+        probes: Probes { ebpf, counters },
+        select,
+        conns,
+        events,
+    })
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {

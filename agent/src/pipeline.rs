@@ -120,7 +120,12 @@ pub async fn run(config: Config) -> Result<()> {
     } else {
         None
     };
-    let (probes, select_maps, ring) = loader::load(
+    let loader::Loaded {
+        probes,
+        select: select_maps,
+        conns,
+        events: ring,
+    } = loader::load(
         offsets,
         &loader::LoadOptions {
             capture_bytes: config.capture_bytes,
@@ -150,6 +155,7 @@ pub async fn run(config: Config) -> Result<()> {
             tracker,
             processes,
             linker: Linker::new(sampler),
+            conns,
         },
         stats.clone(),
     ));
@@ -230,6 +236,8 @@ struct Stages {
     tracker: Tracker,
     processes: Processes,
     linker: Linker,
+    /// The kernel's connection cache, told which connections to stop shipping.
+    conns: loader::Conns,
 }
 
 /// Selection, connection tracking, parsing, linking and span making: single-threaded, fed by
@@ -286,6 +294,9 @@ async fn process_loop(
             st.linker.record(rec, &mut st.processes, &stats, &mut spans);
         }
         emit(&mut spans, &tx, &stats);
+        for key in table.take_ignored() {
+            st.conns.ignore(key.tgid, key.fd, key.sock);
+        }
         // Forgotten only now that their last spans are made.
         for pid in exited.drain(..) {
             st.linker.forget_process(pid);

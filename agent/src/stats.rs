@@ -40,10 +40,17 @@ counters! {
     conns_ended_by_exit,
     /// Bytes discarded because a stream buffer was over its limit.
     stream_bytes_dropped,
-    /// Connections whose traffic is not HTTP/1.
-    conns_not_http,
+    /// Connections whose protocol the agent does not parse (their bytes are no longer shipped).
+    conns_unrecognized,
     /// Times an HTTP stream lost its framing and had to find the next message start.
     http_resyncs,
+    /// HTTP/2 header fields that could not be decoded (header state from before the capture,
+    /// or lost in a gap); never guessed.
+    http2_headers_unknown,
+    /// HTTP/2 streams without a decodable method or path: no span.
+    http2_streams_unnamed,
+    /// Times a database connection lost its framing (large results in capture gaps).
+    db_resyncs,
     /// Requests that never got a response (connection closed, or framing lost).
     requests_unanswered,
     /// Responses with no request to pair with (dropped, never paired by guess).
@@ -162,5 +169,6 @@ pub fn kernel_counter_names() -> [&'static str; counter::COUNT as usize] {
         "kernel_lost_fd_lookup",
         "kernel_lost_no_scratch",
         "kernel_lost_traced_full",
+        "kernel_skipped_ignored",
     ]
 }

@@ -5,6 +5,7 @@
 pub mod container;
 pub mod netns;
 pub mod receiver;
+pub mod servers;
 
 use std::{
     io::{BufRead, BufReader, Write},

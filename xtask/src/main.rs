@@ -111,6 +111,23 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// Installs the PyPI packages whose module (first of each pair) does not import.
+fn pip_install(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(module, _)| {
+            !succeeds(Command::new("python3").args(["-c", &format!("import {module}")]))
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet"])
+        .args(&missing))
+}
+
 fn setup() -> Result<()> {
     // Kernel-program toolchain.
     apt_install(&[
@@ -162,20 +179,31 @@ fn setup() -> Result<()> {
         "iproute2",
         "util-linux",
         "openjdk-17-jdk-headless",
+        // Database and cache servers with their command-line clients.
+        "postgresql",
+        "mariadb-server",
+        "mariadb-client",
+        "redis-server",
+        "redis-tools",
+        // Load generation for the benchmark.
+        "nginx",
+        "wrk",
+    ])?;
+    // Python clients and servers from PyPI, each checked by importing its module.
+    pip_install(&[
+        ("grpc", "grpcio"),
+        ("psycopg2", "psycopg2-binary"),
+        ("psycopg", "psycopg[binary]"),
+        ("pymysql", "pymysql"),
+        ("mysql.connector", "mysql-connector-python"),
+        ("redis", "redis"),
+        ("hypercorn", "hypercorn"),
     ])?;
     // kubectl renders the kustomizations; kubernetes-validate checks manifests offline.
     if !succeeds(Command::new("kubectl").args(["version", "--client"])) {
         apt_install(&["kubectl"])?;
     }
-    if !succeeds(Command::new("kubernetes-validate").arg("--version")) {
-        run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "kubernetes-validate",
-        ]))?;
-    }
+    pip_install(&[("kubernetes_validate", "kubernetes-validate")])?;
     eprintln!("setup: toolchain and test peers present");
     Ok(())
 }

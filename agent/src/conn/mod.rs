@@ -2,6 +2,7 @@
 //! fd and the kernel's socket identity, holding its 4-tuple, its role and one [`Stream`] per
 //! direction, and handing the streams to the protocol parser.
 
+mod connection;
 pub mod stream;
 pub mod table;
 

@@ -10,13 +10,10 @@ use std::{
 
 use agent_common::{AF_INET, ConnInfo, ROLE_CLIENT, ROLE_SERVER};
 
-use super::{Stream, SyscallTime};
+use super::{SyscallTime, connection::Conn};
 use crate::{
     capture::{Direction, EventKind, SocketEvent},
-    protocol::{
-        Record,
-        http1::{self, Http1, Looks},
-    },
+    protocol::Record,
     stats::Stats,
 };
 
@@ -78,41 +75,6 @@ pub struct ConnRecord {
     pub record: Record,
 }
 
-/// Protocol state of a connection.
-#[derive(Debug)]
-enum Proto {
-    /// Not yet known; `tries` counts syscall starts that did not look like HTTP.
-    Detecting {
-        tries: u8,
-    },
-    Http1(Box<Http1>),
-    /// Not a protocol the agent parses: its bytes are dropped on arrival.
-    Other,
-}
-
-fn opposite(dir: Direction) -> Direction {
-    match dir {
-        Direction::Ingress => Direction::Egress,
-        Direction::Egress => Direction::Ingress,
-    }
-}
-
-/// Syscall starts examined on a connection first seen mid-stream before giving up on it.
-const MAX_DETECT_TRIES: u8 = 8;
-
-#[derive(Debug)]
-struct Conn {
-    id: u64,
-    role: Option<Role>,
-    /// Seen from its start (accept/connect), so its first bytes start a message.
-    from_start: bool,
-    peer: Peer,
-    ingress: Stream,
-    egress: Stream,
-    proto: Proto,
-    last_ns: u64,
-}
-
 /// Limits of the table.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -139,6 +101,8 @@ pub struct ConnTable {
     fds: HashMap<(u32, i32), u64>,
     /// (local, remote) of every live client connection of a traced process.
     clients: HashSet<(Endpoint, Endpoint)>,
+    /// Connections whose bytes are of no use, for the kernel to stop shipping.
+    ignored: Vec<ConnKey>,
     next_id: u64,
     limits: Limits,
 }
@@ -176,6 +140,7 @@ impl ConnTable {
             conns: HashMap::new(),
             fds: HashMap::new(),
             clients: HashSet::new(),
+            ignored: Vec::new(),
             next_id: 0,
             limits,
         }
@@ -192,6 +157,15 @@ impl ConnTable {
 
     /// Applies one event; the records it completes are appended to `out`.
     pub fn handle(&mut self, ev: &SocketEvent, stats: &Stats, out: &mut Vec<ConnRecord>) {
+        tracing::trace!(
+            pid = ev.tgid,
+            tid = ev.tid,
+            fd = ev.fd,
+            kind = ?ev.kind,
+            len = ev.len,
+            captured = ev.payload.len(),
+            "socket event"
+        );
         let key = ConnKey {
             tgid: ev.tgid,
             fd: ev.fd,
@@ -223,7 +197,7 @@ impl ConnTable {
                     return;
                 };
                 conn.last_ns = ev.exit_ns;
-                if matches!(conn.proto, Proto::Other) {
+                if conn.is_other() {
                     return;
                 }
                 let time = SyscallTime {
@@ -244,9 +218,21 @@ impl ConnTable {
                 if !had_role && role == Some(Role::Client) {
                     self.clients.insert((peer.local, peer.remote));
                 }
+                if conn.is_other() && !conn.ignored {
+                    conn.ignored = true;
+                    if self.ignored.len() < 4096 {
+                        self.ignored.push(key);
+                    }
+                }
                 self.attach(key, records, out);
             }
         }
+    }
+
+    /// Connections found of no use since the last call, for the kernel to stop shipping
+    /// their bytes.
+    pub fn take_ignored(&mut self) -> Vec<ConnKey> {
+        std::mem::take(&mut self.ignored)
     }
 
     /// Adds the connection's metadata to its records.
@@ -359,16 +345,14 @@ impl ConnTable {
         self.next_id += 1;
         self.conns.insert(
             key,
-            Conn {
-                id: self.next_id,
+            Conn::new(
+                self.next_id,
                 role,
                 from_start,
                 peer,
-                ingress: Stream::new(self.limits.stream_bytes),
-                egress: Stream::new(self.limits.stream_bytes),
-                proto: Proto::Detecting { tries: 0 },
-                last_ns: ev.exit_ns,
-            },
+                self.limits.stream_bytes,
+                ev.exit_ns,
+            ),
         );
     }
 
@@ -380,131 +364,6 @@ impl ConnTable {
             let mut records = Vec::new();
             conn.close(stats, &mut records);
             self.attach_conn(key.tgid, &conn, records, out);
-        }
-    }
-}
-
-impl Conn {
-    fn process(&mut self, stats: &Stats, out: &mut Vec<Record>) {
-        if let Proto::Detecting { .. } = self.proto {
-            self.detect(stats);
-        }
-        if let Proto::Http1(http) = &mut self.proto {
-            let (req, resp) = match self.role {
-                Some(Role::Server) => (&mut self.ingress, &mut self.egress),
-                Some(Role::Client) => (&mut self.egress, &mut self.ingress),
-                None => return,
-            };
-            http.feed_requests(req, stats, out);
-            http.feed_responses(resp, stats, out);
-            if http.is_tunnel() {
-                self.proto = Proto::Other;
-                self.ingress.clear();
-                self.egress.clear();
-            }
-        }
-    }
-
-    /// Settles role and protocol from the first bytes.
-    fn detect(&mut self, stats: &Stats) {
-        loop {
-            if self.role.is_none() {
-                self.role = match (
-                    http1::looks_like(self.ingress.head()),
-                    http1::looks_like(self.egress.head()),
-                ) {
-                    (Looks::Request, _) | (_, Looks::Response) => Some(Role::Server),
-                    (_, Looks::Request) | (Looks::Response, _) => Some(Role::Client),
-                    _ => None,
-                };
-            }
-            let Some(req_dir) = self.request_direction() else {
-                // Neither side says anything yet: forget bytes that cannot start a message.
-                let mut skipped = false;
-                for dir in [Direction::Ingress, Direction::Egress] {
-                    let s = self.stream(dir);
-                    if s.available() > 0 && http1::looks_like(s.head()) == Looks::NotHttp {
-                        if !self.reject(dir, stats) {
-                            return;
-                        }
-                        skipped = true;
-                    }
-                }
-                if skipped {
-                    continue;
-                }
-                return;
-            };
-            // Responses seen before any request cannot be paired.
-            self.stream(opposite(req_dir)).clear();
-            let req = self.stream(req_dir);
-            if req.available() == 0 {
-                return;
-            }
-            let verdict = if req.at_syscall_start() {
-                http1::looks_like(req.head())
-            } else {
-                Looks::NotHttp
-            };
-            match verdict {
-                Looks::Request => {
-                    self.proto = Proto::Http1(Box::default());
-                    return;
-                }
-                Looks::Undecided => return,
-                Looks::Response | Looks::NotHttp => {
-                    if !self.reject(req_dir, stats) {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The direction that carries requests, once the role is known.
-    fn request_direction(&self) -> Option<Direction> {
-        match self.role? {
-            Role::Server => Some(Direction::Ingress),
-            Role::Client => Some(Direction::Egress),
-        }
-    }
-
-    fn stream(&mut self, dir: Direction) -> &mut Stream {
-        match dir {
-            Direction::Ingress => &mut self.ingress,
-            Direction::Egress => &mut self.egress,
-        }
-    }
-
-    /// The syscall's bytes at the front of `dir` cannot begin a message. A connection seen from
-    /// its start, or that has had `MAX_DETECT_TRIES`, is given up (false); otherwise those bytes
-    /// are skipped (true).
-    fn reject(&mut self, dir: Direction, stats: &Stats) -> bool {
-        let Proto::Detecting { tries } = &mut self.proto else {
-            return false;
-        };
-        *tries += 1;
-        if self.from_start || *tries >= MAX_DETECT_TRIES {
-            self.give_up(stats);
-            return false;
-        }
-        let s = self.stream(dir);
-        if !s.skip_to_next_syscall() {
-            s.clear();
-        }
-        true
-    }
-
-    fn give_up(&mut self, stats: &Stats) {
-        stats.inc(&stats.conns_not_http);
-        self.proto = Proto::Other;
-        self.ingress.clear();
-        self.egress.clear();
-    }
-
-    fn close(&mut self, stats: &Stats, out: &mut Vec<Record>) {
-        if let Proto::Http1(http) = &mut self.proto {
-            http.close(stats, out);
         }
     }
 }

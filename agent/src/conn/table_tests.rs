@@ -17,6 +17,7 @@ fn info(sock: u64, role: u8) -> ConnInfo {
         family: AF_INET,
         role,
         is_tcp: 1,
+        ..ConnInfo::default()
     }
 }
 
@@ -68,7 +69,10 @@ fn accepted_connection_gives_server_exchange() {
     assert_eq!(meta.peer.local, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(meta.peer.remote, "127.0.0.2:40000".parse().unwrap());
     assert!(!meta.peer_traced);
-    assert_eq!(exchange.request.first.exit_ns, 3);
+    let crate::protocol::Exchange::Http(e) = exchange else {
+        panic!("an HTTP exchange");
+    };
+    assert_eq!(e.request.first.exit_ns, 3);
     t.handle(&ev(EventKind::Close, 5, c, b"", 4), &s, &mut out);
     assert!(t.is_empty());
 }
@@ -161,24 +165,75 @@ fn reused_fd_starts_a_new_connection() {
 }
 
 #[test]
-fn non_http_connection_is_ignored() {
+fn unrecognized_connection_is_ignored_in_the_kernel_too() {
     let mut t = ConnTable::new(Limits::default());
     let s = Stats::default();
     let mut out = Vec::new();
     let c = info(1, ROLE_CLIENT);
     t.handle(&ev(EventKind::Open, 5, c, b"", 1), &s, &mut out);
-    t.handle(
-        &data(Direction::Egress, 5, c, b"*1\r\n$4\r\nPING\r\n", 2),
-        &s,
-        &mut out,
-    );
+    // A TLS ClientHello: encrypted traffic is not parsed from the socket.
+    let hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03random-bytes";
+    t.handle(&data(Direction::Egress, 5, c, hello, 2), &s, &mut out);
     t.handle(&data(Direction::Egress, 5, c, REQ, 3), &s, &mut out);
     t.handle(&data(Direction::Ingress, 5, c, RESP, 4), &s, &mut out);
     assert!(out.is_empty());
     assert_eq!(
-        s.conns_not_http.load(std::sync::atomic::Ordering::Relaxed),
+        s.conns_unrecognized
+            .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
+    let ignored = t.take_ignored();
+    assert_eq!(ignored.len(), 1, "the kernel is told once");
+    assert_eq!(
+        (ignored[0].tgid, ignored[0].fd, ignored[0].sock),
+        (42, 5, 1)
+    );
+    assert!(t.take_ignored().is_empty());
+}
+
+/// Each protocol is recognised from its first bytes, on a client connection seen from its start.
+#[test]
+fn protocols_are_detected_by_content() {
+    let pg_startup: &[u8] = b"\0\0\0\x17\0\x03\0\0user\0u\0database\0d\0\0";
+    let cases: [(&[u8], &[u8], &str); 3] = [
+        (b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n", "redis"),
+        (pg_startup, b"", "postgresql"),
+        (
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+            b"",
+            "http2",
+        ),
+    ];
+    for (i, (request, answer, name)) in cases.into_iter().enumerate() {
+        let mut t = ConnTable::new(Limits::default());
+        let s = Stats::default();
+        let mut out = Vec::new();
+        let c = info(10 + i as u64, ROLE_CLIENT);
+        t.handle(&ev(EventKind::Open, 5, c, b"", 1), &s, &mut out);
+        t.handle(&data(Direction::Egress, 5, c, request, 2), &s, &mut out);
+        if !answer.is_empty() {
+            t.handle(&data(Direction::Ingress, 5, c, answer, 3), &s, &mut out);
+        }
+        assert!(t.take_ignored().is_empty(), "{name} is parsed");
+        assert_eq!(
+            s.conns_unrecognized
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "{name}"
+        );
+    }
+    // A database seen from its server's side is not parsed.
+    let mut t = ConnTable::new(Limits::default());
+    let s = Stats::default();
+    let mut out = Vec::new();
+    let c = info(20, ROLE_SERVER);
+    t.handle(&ev(EventKind::Open, 5, c, b"", 1), &s, &mut out);
+    t.handle(
+        &data(Direction::Ingress, 5, c, b"*1\r\n$4\r\nPING\r\n", 2),
+        &s,
+        &mut out,
+    );
+    assert_eq!(t.take_ignored().len(), 1);
 }
 
 #[test]

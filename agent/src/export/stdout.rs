@@ -50,17 +50,37 @@ fn duration_ms(s: &Span) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// One human-readable line.
-pub fn text_line(s: &Span) -> String {
+fn int_attr(s: &Span, key: &str) -> Option<i64> {
+    match s.attr(key)? {
+        Value::Int(i) => Some(*i),
+        Value::Str(_) => None,
+    }
+}
+
+/// What the span did and how it ended, by protocol: `GET /a?b 200`, `grpc
+/// demo.v1.Catalog/GetItem status=5`, `postgresql SELECT users status=42P01`.
+fn what_and_outcome(s: &Span) -> (String, String) {
+    if let Some(system) = s.attr_str("rpc.system") {
+        let code = int_attr(s, "rpc.grpc.status_code").map_or("-".into(), |c| c.to_string());
+        return (format!("{system} {}", s.name), format!("status={code}"));
+    }
+    if let Some(system) = s.attr_str("db.system.name") {
+        let code = s.attr_str("db.response.status_code").unwrap_or("ok");
+        return (format!("{system} {}", s.name), format!("status={code}"));
+    }
+    let method = s.attr_str("http.request.method").unwrap_or(&s.name);
     let path = s.attr_str("url.path").unwrap_or("");
     let query = s
         .attr_str("url.query")
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
-    let status = match s.attr("http.response.status_code") {
-        Some(Value::Int(c)) => c.to_string(),
-        _ => "-".into(),
-    };
+    let status = int_attr(s, "http.response.status_code").map_or("-".into(), |c| c.to_string());
+    (format!("{method:<7} {path}{query}"), status)
+}
+
+/// One human-readable line.
+pub fn text_line(s: &Span) -> String {
+    let (what, status) = what_and_outcome(s);
     let peer = match (
         s.attr_str("network.peer.address"),
         s.attr("network.peer.port"),
@@ -69,13 +89,11 @@ pub fn text_line(s: &Span) -> String {
         _ => String::new(),
     };
     format!(
-        "{}  {:<16} {:<6} {:<7} {}{}  {}{}  {:.3}ms  peer={}  trace={} span={} parent={}",
+        "{}  {:<16} {:<6} {}  {}{}  {:.3}ms  peer={}  trace={} span={} parent={}",
         rfc3339(s.start),
         s.process.service_name,
         s.kind.as_str(),
-        s.attr_str("http.request.method").unwrap_or(&s.name),
-        path,
-        query,
+        what,
         status,
         if s.status == Status::Error {
             " ERROR"

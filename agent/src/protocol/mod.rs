@@ -1,11 +1,22 @@
 //! Protocol parsers. Each turns the byte streams of a connection into [`Record`]s, in the order
 //! it learns things: a request has started (its head was read), it finished (with its response),
 //! or it was abandoned. `trace` links started requests into traces and turns finished ones into
-//! spans. HTTP/1.x is the only protocol so far.
+//! spans.
+//!
+//! [`detect`] recognises a connection's protocol from its first bytes (not its port):
+//! HTTP/1.x ([`http1`]), HTTP/2 and gRPC ([`http2`]), PostgreSQL ([`postgres`]), MySQL and
+//! MariaDB ([`mysql`]), Redis ([`redis`]). Database statements are reduced by [`sql`].
 
+pub mod db;
+pub mod detect;
+pub mod http;
 pub mod http1;
-
-pub use http1::Exchange;
+pub mod http2;
+pub mod mysql;
+pub mod postgres;
+pub mod redis;
+pub mod sql;
+pub mod wire;
 
 use crate::{conn::SyscallTime, trace::propagation::Extracted};
 
@@ -22,6 +33,19 @@ pub struct Start {
     /// Hash of the request head; the two ends of one connection compute the same value for the
     /// same request, which links a client's span to its server's span on one host.
     pub fingerprint: u64,
+    /// True when the thread that read (or wrote) the request's first byte is the one that
+    /// handles it. False for multiplexed protocols (HTTP/2), whose bytes are moved by I/O
+    /// threads serving many streams: such a SERVER request gives its thread no context.
+    pub thread_affine: bool,
+}
+
+/// A finished exchange, of whichever protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exchange {
+    /// HTTP/1.x or HTTP/2 (gRPC included).
+    Http(http::Exchange),
+    /// A database or cache operation.
+    Db(db::Operation),
 }
 
 /// What a parser reports about a connection.

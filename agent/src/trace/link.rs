@@ -377,7 +377,7 @@ impl Linker {
         };
         match meta.role {
             Role::Server => {
-                self.start_server(key, &mut ctx, processes, stats);
+                self.start_server(key, &mut ctx, start.thread_affine, processes, stats);
                 self.ctxs.insert(key, ctx);
                 self.link_waiting_children(key, processes, stats, out);
             }
@@ -437,11 +437,12 @@ impl Linker {
         &mut self,
         key: ReqKey,
         ctx: &mut Ctx,
+        thread_affine: bool,
         processes: &mut Processes,
         stats: &Stats,
     ) {
         let tgid = ctx.meta.tgid;
-        if self.thread_linkable(tgid, processes) {
+        if thread_affine && self.thread_linkable(tgid, processes) {
             let actives = self.threads.entry((tgid, ctx.tid)).or_default();
             let other_conn = actives.iter().any(|k| k.conn != key.conn);
             actives.push(key);

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use super::*;
 use crate::{
     conn::{Peer, SyscallTime},
-    protocol::http1::{Headers, Request, Response},
+    protocol::http::{Exchange as HttpExchange, Headers, Request, Response, Version},
     trace::{propagation::Extracted, sampler::Root},
 };
 
@@ -87,6 +87,7 @@ impl World {
                 first,
                 context,
                 fingerprint,
+                thread_affine: true,
             }),
         );
     }
@@ -98,11 +99,11 @@ impl World {
             exit_ns: self.clock + 10,
             tid: 1,
         };
-        let exchange = Exchange {
+        let exchange = Exchange::Http(HttpExchange {
             request: Request {
                 method: "GET".into(),
                 target: path.into(),
-                minor_version: 1,
+                version: Version::Http11,
                 headers: Headers::default(),
                 first: at,
                 last: at,
@@ -110,13 +111,15 @@ impl World {
             },
             response: Response {
                 status: 200,
-                minor_version: 1,
+                version: Version::Http11,
                 headers: Headers::default(),
+                trailers: Headers::default(),
                 first: at,
                 last: at,
                 body_len: 0,
+                reset: None,
             },
-        };
+        });
         self.feed(conn, Record::Finished { id, exchange });
     }
 

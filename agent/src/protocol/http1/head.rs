@@ -1,8 +1,19 @@
 //! Message heads: recognising where a message starts and parsing request and status lines and
 //! header fields with `httparse`.
 
-use super::{Headers, Request, Response};
-use crate::conn::{Stream, SyscallTime};
+use super::headers_from;
+use crate::{
+    conn::{Stream, SyscallTime},
+    protocol::http::{Headers, Request, Response, Version},
+};
+
+fn version(minor: Option<u8>) -> Version {
+    if minor == Some(0) {
+        Version::Http10
+    } else {
+        Version::Http11
+    }
+}
 
 /// Largest head accepted; a longer one is treated as lost framing.
 pub(super) const MAX_HEAD: usize = 32 * 1024;
@@ -107,8 +118,8 @@ pub(super) fn parse_request(s: &Stream) -> HeadResult<Request> {
                 Request {
                     method: req.method.unwrap_or_default().to_string(),
                     target: req.path.unwrap_or_default().to_string(),
-                    minor_version: req.version.unwrap_or(1),
-                    headers: Headers::from_parsed(req.headers),
+                    version: version(req.version),
+                    headers: headers_from(req.headers),
                     first,
                     last,
                     body_len: 0,
@@ -135,8 +146,10 @@ pub(super) fn parse_response(s: &Stream) -> HeadResult<Response> {
             HeadResult::Done(
                 Response {
                     status: resp.code.unwrap_or(0),
-                    minor_version: resp.version.unwrap_or(1),
-                    headers: Headers::from_parsed(resp.headers),
+                    version: version(resp.version),
+                    headers: headers_from(resp.headers),
+                    trailers: Headers::default(),
+                    reset: None,
                     first,
                     last,
                     body_len: 0,

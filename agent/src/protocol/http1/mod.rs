@@ -19,96 +19,27 @@ use body::{BodyProgress, Framing, Phase, Side, request_framing, response_framing
 use head::{HeadResult, parse_request, parse_response};
 pub use head::{Looks, looks_like};
 
-use super::{Record, Start};
-use crate::{
-    conn::{Stream, SyscallTime},
-    stats::Stats,
-    trace::propagation::{self, Carrier},
+use super::{
+    Record, Start,
+    http::{Exchange, Headers, Request, Response},
 };
+use crate::{conn::Stream, stats::Stats, trace::propagation};
 
 /// Pending requests kept per connection (pipelining depth).
 const MAX_PENDING: usize = 64;
 
-/// Header fields of a message, names as sent.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(pub Vec<(String, String)>);
-
-impl Headers {
-    /// First value of a header, by case-insensitive name.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+fn headers_from(parsed: &[httparse::Header<'_>]) -> Headers {
+    Headers(
+        parsed
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// A stable hash of a request head's fields (method, target, header fields in order).
-    fn fingerprint(method: &str, target: &str, headers: &Headers) -> u64 {
-        use std::hash::{Hash as _, Hasher as _};
-        let mut h = std::hash::DefaultHasher::new();
-        method.hash(&mut h);
-        target.hash(&mut h);
-        headers.0.hash(&mut h);
-        h.finish()
-    }
-
-    fn from_parsed(headers: &[httparse::Header<'_>]) -> Self {
-        Headers(
-            headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_string(),
-                        String::from_utf8_lossy(h.value).trim().to_string(),
-                    )
-                })
-                .collect(),
-        )
-    }
-}
-
-impl Carrier for Headers {
-    fn values<'a>(&'a self, name: &str) -> Vec<&'a str> {
-        self.0
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-}
-
-/// A request as seen on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    pub method: String,
-    /// The request target (path and query, or an absolute URI for proxies).
-    pub target: String,
-    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
-    pub minor_version: u8,
-    pub headers: Headers,
-    /// Syscall that carried the first byte.
-    pub first: SyscallTime,
-    /// Syscall that carried the last byte seen.
-    pub last: SyscallTime,
-    pub body_len: u64,
-}
-
-/// A response as seen on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
-    pub status: u16,
-    pub minor_version: u8,
-    pub headers: Headers,
-    pub first: SyscallTime,
-    pub last: SyscallTime,
-    pub body_len: u64,
-}
-
-/// A request and the response that answered it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exchange {
-    pub request: Request,
-    pub response: Response,
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).trim().to_string(),
+                )
+            })
+            .collect(),
+    )
 }
 
 /// A request waiting for its response.
@@ -131,6 +62,9 @@ pub struct Http1 {
     next_id: u64,
     /// Pairing is uncertain after a resync: see the module documentation.
     quarantine: bool,
+    /// A request upgraded to HTTP/2 (`101` with `Upgrade: h2c`): its response comes on
+    /// stream 1, which the HTTP/2 parser takes over.
+    h2c: Option<(u64, Request)>,
 }
 
 impl Default for Http1 {
@@ -149,12 +83,19 @@ impl Http1 {
             pending: VecDeque::new(),
             next_id: 0,
             quarantine: false,
+            h2c: None,
         }
     }
 
     /// True once the connection switched away from HTTP/1 (upgrade or tunnel).
     pub fn is_tunnel(&self) -> bool {
         self.resp.phase == Phase::Tunnel
+    }
+
+    /// After an `Upgrade: h2c` was accepted: the upgraded request (still waiting for its
+    /// response, which comes in HTTP/2) with its record id.
+    pub fn take_h2c(&mut self) -> Option<(u64, Request)> {
+        self.h2c.take()
     }
 
     /// Parses what the request side has. Requests are queued until their response arrives; each
@@ -220,6 +161,7 @@ impl Http1 {
                     &request.target,
                     &request.headers,
                 ),
+                thread_affine: true,
             }));
             self.pending.push_back(Pending { id, request });
             self.req_current = Some(id);
@@ -304,7 +246,19 @@ impl Http1 {
         self.resp_current = Some(response);
         self.resp.start_body(framing);
         if framing == Framing::Tunnel {
-            self.complete_response(out);
+            let to_h2c = self.resp_current.as_ref().is_some_and(|r| {
+                r.status == 101
+                    && r.headers
+                        .get("upgrade")
+                        .is_some_and(|u| u.trim().eq_ignore_ascii_case("h2c"))
+            });
+            if to_h2c && let Some(p) = self.pending.pop_front() {
+                self.resp_current = None;
+                self.req_current = None;
+                self.h2c = Some((p.id, p.request));
+            } else {
+                self.complete_response(out);
+            }
             self.req.phase = Phase::Tunnel;
         } else if self.resp.phase == Phase::Head {
             self.complete_response(out);
@@ -371,10 +325,10 @@ impl Http1 {
             }
             out.push(Record::Finished {
                 id: p.id,
-                exchange: Exchange {
+                exchange: super::Exchange::Http(Exchange {
                     request: p.request,
                     response,
-                },
+                }),
             });
         }
     }

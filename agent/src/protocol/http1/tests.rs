@@ -3,6 +3,10 @@
 //! request.
 
 use super::*;
+use crate::{
+    conn::SyscallTime,
+    protocol::{Exchange as AnyExchange, http::Version},
+};
 
 fn t(n: u64) -> SyscallTime {
     SyscallTime {
@@ -45,7 +49,11 @@ impl Harness {
     /// Keeps every record and collects the finished exchanges.
     fn take(&mut self, records: Vec<Record>) {
         for r in records {
-            if let Record::Finished { exchange, .. } = &r {
+            if let Record::Finished {
+                exchange: AnyExchange::Http(exchange),
+                ..
+            } = &r
+            {
                 self.out.push(exchange.clone());
             }
             self.records.push(r);
@@ -306,7 +314,7 @@ fn response_until_close() {
     assert!(h.out.is_empty());
     h.close();
     assert_eq!(h.pairs(), vec![("/old".into(), 200)]);
-    assert_eq!(h.out[0].response.minor_version, 0);
+    assert_eq!(h.out[0].response.version, Version::Http10);
     assert_eq!(h.out[0].response.last, t(3));
 }
 
@@ -510,4 +518,24 @@ fn large_upload_in_a_gap_then_next_request() {
         vec![("/upload".into(), 200), ("/after".into(), 204)]
     );
     assert_eq!(h.out[0].request.body_len, 50_000);
+}
+
+#[test]
+fn h2c_upgrade_hands_the_request_over() {
+    let mut h = Harness::new();
+    h.request(b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n");
+    h.response(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n");
+    assert!(h.http.is_tunnel());
+    let (id, req) = h.http.take_h2c().expect("upgraded request");
+    assert_eq!(req.target, "/up");
+    assert!(h.out.is_empty(), "its response is still to come, in HTTP/2");
+    assert!(matches!(h.records[0], Record::Started(Start { id: started, .. }) if started == id));
+    // A websocket upgrade is an ordinary tunnel.
+    let mut w = Harness::new();
+    w.request(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+    w.response(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    );
+    assert!(w.http.take_h2c().is_none());
+    assert_eq!(w.pairs(), vec![("/ws".into(), 101)]);
 }

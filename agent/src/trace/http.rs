@@ -1,0 +1,163 @@
+//! The OpenTelemetry HTTP and gRPC semantic conventions for an exchange: span name, attributes
+//! and error status. An HTTP/2 request with `content-type: application/grpc` is a gRPC call:
+//! named `{package.Service}/{Method}`, with `rpc.*` attributes and its status from the
+//! trailers.
+
+use std::net::SocketAddr;
+
+use super::{Described, SpanKind, Value, network_attributes};
+use crate::{
+    conn::{ConnMeta, Role},
+    protocol::http::Exchange,
+};
+
+/// Methods the HTTP semantic conventions name; others become `_OTHER`.
+const KNOWN_METHODS: &[&str] = &[
+    "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
+];
+
+/// gRPC status codes that make a SERVER span an error (the others are the client's doing).
+const GRPC_SERVER_ERRORS: &[i64] = &[2, 4, 12, 13, 14, 15];
+
+/// Splits `host[:port]` (or `[v6]:port`) from a Host header.
+fn host_of(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// `/package.Service/Method` → (`package.Service`, `Method`).
+fn grpc_path(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
+}
+
+/// Describes one HTTP exchange.
+pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange) -> Described {
+    let req = &e.request;
+    let resp = &e.response;
+    let (server, client): (SocketAddr, SocketAddr) = match conn.role {
+        Role::Server => (conn.peer.local, conn.peer.remote),
+        Role::Client => (conn.peer.remote, conn.peer.local),
+    };
+    // Origin-form targets; an absolute-form (proxy) target keeps only its path and query.
+    let target = match req.target.find("://") {
+        Some(i) => {
+            let rest = &req.target[i + 3..];
+            rest.find('/').map_or("/", |p| &rest[p..])
+        }
+        None => req.target.as_str(),
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let host_header = req.headers.get("host").filter(|h| !h.is_empty());
+    let server_address = host_header
+        .map(host_of)
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| server.ip().to_string());
+
+    let mut a: Vec<(&'static str, Value)> = Vec::with_capacity(20);
+    let s = |v: &str| Value::Str(v.to_string());
+    let is_grpc = req
+        .headers
+        .get("content-type")
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    let grpc = if is_grpc { grpc_path(path) } else { None };
+
+    let (name, error) = if let Some((service, method)) = grpc {
+        a.push(("rpc.system", s("grpc")));
+        a.push(("rpc.service", s(service)));
+        a.push(("rpc.method", s(method)));
+        let code = resp
+            .trailers
+            .get("grpc-status")
+            .or_else(|| resp.headers.get("grpc-status"))
+            .and_then(|c| c.trim().parse::<i64>().ok());
+        if let Some(code) = code {
+            a.push(("rpc.grpc.status_code", Value::Int(code)));
+        }
+        let error = match (code, kind) {
+            (Some(c), SpanKind::Server) => GRPC_SERVER_ERRORS.contains(&c),
+            (Some(c), SpanKind::Client) => c != 0,
+            // No status: a reset stream or a failed HTTP response is an error.
+            (None, _) => resp.reset.is_some() || resp.status >= 500,
+        };
+        if error {
+            let t = code.map_or_else(|| "RST_STREAM".to_string(), |c| c.to_string());
+            a.push(("error.type", Value::Str(t)));
+        }
+        (format!("{service}/{method}"), error)
+    } else {
+        let method_known = KNOWN_METHODS.contains(&req.method.as_str());
+        a.push((
+            "http.request.method",
+            s(if method_known { &req.method } else { "_OTHER" }),
+        ));
+        if !method_known {
+            a.push(("http.request.method_original", s(&req.method)));
+        }
+        a.push(("url.path", s(path)));
+        if let Some(q) = query {
+            a.push(("url.query", s(q)));
+        }
+        a.push(("url.scheme", s("http")));
+        if kind == SpanKind::Client {
+            // The authority the client asked for (Host header), else the peer it connected to.
+            let authority = host_header.map_or_else(|| server.to_string(), str::to_string);
+            a.push((
+                "url.full",
+                Value::Str(format!("http://{authority}{target}")),
+            ));
+        }
+        if resp.status != 0 {
+            a.push((
+                "http.response.status_code",
+                Value::Int(i64::from(resp.status)),
+            ));
+        }
+        if let Some(ua) = req.headers.get("user-agent") {
+            a.push(("user_agent.original", s(ua)));
+        }
+        a.push(("http.request.body.size", Value::Int(req.body_len as i64)));
+        a.push(("http.response.body.size", Value::Int(resp.body_len as i64)));
+        let error = match kind {
+            SpanKind::Server => resp.status >= 500,
+            SpanKind::Client => resp.status >= 400,
+        } || resp.reset.is_some();
+        if error {
+            let t = if resp.status >= 400 {
+                resp.status.to_string()
+            } else {
+                "RST_STREAM".to_string()
+            };
+            a.push(("error.type", Value::Str(t)));
+        }
+        let name = if method_known {
+            req.method.clone()
+        } else {
+            "HTTP".to_string()
+        };
+        (name, error)
+    };
+    a.push(("server.address", Value::Str(server_address)));
+    a.push(("server.port", Value::Int(i64::from(server.port()))));
+    a.push(("client.address", Value::Str(client.ip().to_string())));
+    a.push(("client.port", Value::Int(i64::from(client.port()))));
+    // gRPC too: it travels over HTTP/2.
+    a.push(("network.protocol.name", s("http")));
+    a.push(("network.protocol.version", s(req.version.as_str())));
+    network_attributes(conn, &mut a);
+    Described {
+        name,
+        attributes: a,
+        error,
+    }
+}

@@ -1,0 +1,188 @@
+//! Real database servers for the tests, from Debian's packages: a private PostgreSQL cluster,
+//! MariaDB instance or Redis server on a free loopback port, with its data in a temporary
+//! directory, stopped when dropped.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crate::{Proc, free_port, workspace};
+
+/// A scratch directory under target/, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let dir = workspace().join(format!("target/e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (cargo xtask setup installs it)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what} did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A PostgreSQL cluster (Debian's packaged major version) with a database `shop` (trust authentication on loopback).
+pub struct Postgres {
+    pub port: u16,
+    _server: Proc,
+    _dir: TempDir,
+}
+
+/// The newest packaged PostgreSQL's binaries (`/usr/lib/postgresql/MAJOR/bin`).
+fn pg_bin() -> PathBuf {
+    let mut majors: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("postgresql is installed (cargo xtask setup)")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    majors.sort();
+    let major = majors.last().expect("a PostgreSQL major version");
+    PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"))
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let dir = TempDir::new("pg");
+        let data = dir.0.join("data");
+        run(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir.0));
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin().join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data));
+        let port = free_port();
+        let server = Proc::spawn(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(pg_bin().join("postgres"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+                .arg("-k")
+                .arg(&dir.0),
+        );
+        wait_until("postgres", || {
+            Command::new(pg_bin().join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        run(Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+            .args(["-c", "CREATE DATABASE shop"]));
+        Postgres {
+            port,
+            _server: server,
+            _dir: dir,
+        }
+    }
+}
+
+/// A MariaDB server with a database `shop` and a user `shop`/`shop`.
+pub struct Mariadb {
+    pub port: u16,
+    _server: Proc,
+    _dir: TempDir,
+}
+
+impl Mariadb {
+    pub fn start() -> Self {
+        let dir = TempDir::new("mariadb");
+        let data = dir.0.join("data");
+        let socket = dir.0.join("mysqld.sock");
+        run(Command::new("mariadb-install-db")
+            .args(["--user=root", "--auth-root-authentication-method=socket"])
+            .arg(format!("--datadir={}", data.display())));
+        let port = free_port();
+        let server = Proc::spawn(
+            Command::new("mariadbd")
+                .args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1"])
+                .arg(format!("--port={port}"))
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--socket={}", socket.display()))
+                .arg(format!("--pid-file={}", dir.0.join("pid").display())),
+        );
+        wait_until("mariadb", || {
+            Command::new("mariadb-admin")
+                .arg(format!("--socket={}", socket.display()))
+                .arg("ping")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        run(Command::new("mariadb")
+            .arg(format!("--socket={}", socket.display()))
+            .args([
+                "-e",
+                "DELETE FROM mysql.user WHERE User = ''; FLUSH PRIVILEGES; \
+                 CREATE DATABASE shop; \
+                 CREATE USER 'shop'@'%' IDENTIFIED BY 'shop'; \
+                 CREATE USER 'shop'@'localhost' IDENTIFIED BY 'shop'; \
+                 GRANT ALL ON shop.* TO 'shop'@'%'; GRANT ALL ON shop.* TO 'shop'@'localhost';",
+            ]));
+        Mariadb {
+            port,
+            _server: server,
+            _dir: dir,
+        }
+    }
+}
+
+/// A Redis server without persistence.
+pub struct Redis {
+    pub port: u16,
+    _server: Proc,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let port = free_port();
+        let server = Proc::spawn(Command::new("redis-server").args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]));
+        wait_until("redis", || {
+            Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "ping"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+        });
+        Redis {
+            port,
+            _server: server,
+        }
+    }
+}
