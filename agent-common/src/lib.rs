@@ -34,6 +34,34 @@ pub const PROC_EXIT: u32 = 3;
 /// `ProcEvent::what`: an untraced process accepted or connected on a selected port; the kernel
 /// traces it from this connection on.
 pub const PROC_PORT: u32 = 4;
+/// `ProcEvent::what`: a traced process mapped a file executable (a library loaded by `ld.so`
+/// or `dlopen`): userspace looks for TLS libraries to probe.
+pub const PROC_MMAP_EXEC: u32 = 5;
+
+/// `ConnInfo::ignore`: the socket syscalls' bytes are of no use (a protocol the agent does
+/// not parse, or TLS ciphertext whose plaintext the TLS probes report).
+pub const IGNORE_SOCKET: u8 = 1;
+/// `ConnInfo::ignore`: the TLS plaintext is of no use either (an unparsed protocol inside TLS).
+pub const IGNORE_TLS: u8 = 2;
+
+/// `EventHeader::source`: bytes seen by a socket syscall.
+pub const SOURCE_SOCKET: u8 = 0;
+/// `EventHeader::source`: plaintext seen by a uprobe on a TLS library's read or write.
+pub const SOURCE_TLS: u8 = 1;
+
+/// Which TLS library function a uprobe is attached to (its attach cookie).
+pub mod tls_fn {
+    /// `int SSL_read(SSL *, void *buf, int num)`: returns the bytes read.
+    pub const READ: u64 = 1;
+    /// `int SSL_write(SSL *, const void *buf, int num)`: returns the bytes written.
+    pub const WRITE: u64 = 2;
+    /// `int SSL_read_ex(SSL *, void *buf, size_t num, size_t *readbytes)`: returns 1 on success.
+    pub const READ_EX: u64 = 3;
+    /// `int SSL_write_ex(SSL *, const void *buf, size_t num, size_t *written)`.
+    pub const WRITE_EX: u64 = 4;
+    /// `int SSL_do_handshake(SSL *)` (also reached through `SSL_connect`/`SSL_accept`).
+    pub const HANDSHAKE: u64 = 5;
+}
 
 /// `EventHeader::direction`: the process received these bytes.
 pub const DIR_INGRESS: u8 = 1;
@@ -65,6 +93,12 @@ pub mod syscall {
     pub const CONNECT: u8 = 10;
     pub const ACCEPT: u8 = 11;
     pub const CLOSE: u8 = 12;
+    /// Plaintext returned by a TLS library's read (`SOURCE_TLS`).
+    pub const TLS_READ: u8 = 13;
+    /// Plaintext given to a TLS library's write (`SOURCE_TLS`).
+    pub const TLS_WRITE: u8 = 14;
+    /// `mmap` of a file with `PROT_EXEC` (kernel-internal: reported as `PROC_MMAP_EXEC`).
+    pub const MMAP: u8 = 15;
 }
 
 /// Indexes of the kernel-side counters (a per-CPU array of `u64`, summed by userspace).
@@ -90,8 +124,13 @@ pub mod counter {
     /// Syscalls not shipped because userspace marked their connection as of no use (not a
     /// loss: saved work).
     pub const SKIPPED_IGNORED: u32 = 8;
+    /// TLS reads or writes whose `SSL *` was never seen on a socket: no connection to tie the
+    /// plaintext to, so it was dropped.
+    pub const LOST_TLS_UNBOUND: u32 = 9;
+    /// TLS reads or writes whose saved arguments were lost (uprobe map full).
+    pub const LOST_TLS_ARGS: u32 = 10;
     /// Number of counters.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 11;
 }
 
 /// Bits of `Settings::flags`: which selectors the kernel evaluates on its own.
@@ -130,8 +169,8 @@ pub struct ConnInfo {
     pub role: u8,
     /// 1 when the fd is an IPv4/IPv6 TCP socket; negative entries (0) are cached too.
     pub is_tcp: u8,
-    /// Set by userspace when the connection's bytes are of no use (unknown protocol, TLS
-    /// seen from the socket): the kernel stops shipping them.
+    /// `IGNORE_*` bits set by userspace when the connection's bytes are of no use: the kernel
+    /// stops shipping them.
     pub ignore: u8,
     pub _pad: [u8; 7],
 }
@@ -154,7 +193,9 @@ pub struct EventHeader {
     pub direction: u8,
     /// One of the `syscall::*` constants.
     pub syscall: u8,
-    pub _pad: u16,
+    /// `SOURCE_SOCKET` or `SOURCE_TLS`.
+    pub source: u8,
+    pub _pad: u8,
     /// `bpf_ktime_get_ns()` when the syscall was entered.
     pub enter_ns: u64,
     /// `bpf_ktime_get_ns()` when the syscall returned.

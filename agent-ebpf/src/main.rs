@@ -5,7 +5,8 @@
 //! program, once the syscall has moved bytes on a TCP socket, copies a bounded payload prefix and
 //! sends it with the connection's 4-tuple through the `EVENTS` ring buffer. `connect`, `accept`,
 //! `accept4` and `close` mark connection boundaries and roles; the `sched` programs keep the
-//! traced set right as processes fork, exec and exit. Nothing here parses protocols: that is
+//! traced set right as processes fork, exec and exit. Uprobes on TLS libraries (`tls`) send
+//! the plaintext of encrypted connections the same way. Nothing here parses protocols: that is
 //! userspace's job.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -20,6 +21,8 @@ mod process;
 mod programs;
 #[cfg(target_arch = "bpf")]
 mod sock;
+#[cfg(target_arch = "bpf")]
+mod tls;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -3,8 +3,8 @@
 //! return value of `sys_exit_*` sits at byte 16.
 
 use agent_common::{
-    ConnInfo, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_OPEN, EventHeader, PROC_PORT,
-    ROLE_CLIENT, ROLE_SERVER, counter, syscall,
+    ConnInfo, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_OPEN, EventHeader, IGNORE_SOCKET,
+    PROC_MMAP_EXEC, PROC_PORT, ROLE_CLIENT, ROLE_SERVER, counter, syscall,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -20,6 +20,7 @@ use crate::{
     payload::{emit_data, emit_header},
     process,
     sock::{conn_key, establish, fd_to_file, lookup, resolve},
+    tls,
 };
 
 const EINPROGRESS: i64 = 115;
@@ -100,7 +101,11 @@ fn exit(ctx: &TracePointContext) -> u32 {
     if conn.is_tcp == 0 {
         return 0;
     }
-    if conn.ignore != 0 {
+    // Ciphertext of a TLS library's read or write: its plaintext comes from the TLS probes.
+    if tls::on_socket_syscall(pid_tgid, args.fd, args.direction == DIR_EGRESS) {
+        return 0;
+    }
+    if conn.ignore & IGNORE_SOCKET != 0 {
         count(counter::SKIPPED_IGNORED);
         return 0;
     }
@@ -357,6 +362,38 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
     accepted(&ctx)
+}
+
+const PROT_EXEC: u64 = 4;
+
+/// `syscalls/sys_enter_mmap`: a traced process maps a file executable (`ld.so` or `dlopen`
+/// loading a library), which may be a TLS library to probe.
+#[tracepoint]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    // mmap(addr, len, prot, flags, fd, off)
+    if arg(&ctx, 2) & PROT_EXEC == 0 || (arg(&ctx, 4) as i32) < 0 {
+        return 0;
+    }
+    save(&ctx, pid_tgid, syscall::MMAP, 0, BufKind::None, 1)
+}
+
+/// `syscalls/sys_exit_mmap`: the mapping exists; userspace is told.
+#[tracepoint]
+pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(args) = take_inflight(pid_tgid) else {
+        return 0;
+    };
+    let r = ret(&ctx);
+    if args.syscall != syscall::MMAP || (-4096..0).contains(&r) {
+        return 0;
+    }
+    process::emit(PROC_MMAP_EXEC, (pid_tgid >> 32) as u32, 0, 0);
+    0
 }
 
 /// `syscalls/sys_enter_close`: a traced TCP connection ends; userspace flushes its state.

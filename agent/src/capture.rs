@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use agent_common::{
     ConnInfo, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA, EVENT_OPEN, EVENT_PROC,
-    EventHeader, MAX_PAYLOAD, PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_PORT, ProcEvent,
+    EventHeader, MAX_PAYLOAD, PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_MMAP_EXEC, PROC_PORT,
+    ProcEvent, SOURCE_TLS,
 };
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
@@ -52,6 +53,8 @@ pub struct SocketEvent {
     /// Bytes moved by the syscall (payload may hold fewer).
     pub len: u64,
     pub conn: ConnInfo,
+    /// Plaintext from the TLS probes rather than bytes of a socket syscall.
+    pub tls: bool,
     pub payload: Vec<u8>,
 }
 
@@ -66,6 +69,8 @@ pub enum ProcessChange {
     Exit,
     /// `tgid` accepted or connected on a selected port (the kernel traces it now).
     Port(u16),
+    /// `tgid` mapped a file executable (a library was loaded).
+    MappedExec,
 }
 
 /// One process record from the kernel.
@@ -126,6 +131,7 @@ fn decode_process(record: &[u8]) -> Result<ProcessEvent, DecodeError> {
         PROC_EXEC => ProcessChange::Exec,
         PROC_EXIT => ProcessChange::Exit,
         PROC_PORT => ProcessChange::Port(p.port),
+        PROC_MMAP_EXEC => ProcessChange::MappedExec,
         other => return Err(DecodeError::ProcessChange(other)),
     };
     Ok(ProcessEvent {
@@ -168,6 +174,7 @@ fn decode_socket(record: &[u8]) -> Result<SocketEvent, DecodeError> {
         exit_ns: h.exit_ns,
         len: h.len,
         conn: h.conn,
+        tls: h.source == SOURCE_TLS,
         payload: record[HEADER..HEADER + claimed].to_vec(),
     })
 }

@@ -4,7 +4,7 @@
 
 use std::{fs::File, path::Path};
 
-use object::{Object as _, ObjectSymbol as _};
+use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 /// Why a file could not be read as ELF.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,37 @@ impl Elf {
             .unwrap_or(false)
     }
 
+    /// File offsets of the functions `names` (in that order), for uprobes: looked up in the
+    /// dynamic symbol table, then in the full symbol table (statically linked libraries in
+    /// unstripped executables). `None` for a name defined in neither.
+    pub fn function_offsets(&self, names: &[&str]) -> Vec<Option<u64>> {
+        let Ok(f) = self.parse() else {
+            return vec![None; names.len()];
+        };
+        let mut out: Vec<Option<u64>> = vec![None; names.len()];
+        let fill = |out: &mut Vec<Option<u64>>,
+                    symbols: &mut dyn Iterator<Item = object::Symbol<'_, '_>>| {
+            for s in symbols {
+                if !s.is_definition() || s.kind() != object::SymbolKind::Text {
+                    continue;
+                }
+                let Ok(name) = s.name() else { continue };
+                // Versioned names (`SSL_read@@OPENSSL_3.0.0`) appear in some tables.
+                let name = name.split('@').next().unwrap_or(name);
+                if let Some(i) = names.iter().position(|n| *n == name)
+                    && out[i].is_none()
+                {
+                    out[i] = file_offset(&f, s.address());
+                }
+            }
+        };
+        fill(&mut out, &mut f.dynamic_symbols());
+        if out.iter().any(Option::is_none) {
+            fill(&mut out, &mut f.symbols());
+        }
+        out
+    }
+
     /// True when the dynamic symbol table defines `name`.
     pub fn defines_dynamic_symbol(&self, name: &str) -> bool {
         self.parse()
@@ -72,6 +103,16 @@ impl Elf {
             })
             .unwrap_or(false)
     }
+}
+
+/// Where the instruction at virtual address `addr` is in the file: through the loadable
+/// segment that contains it, as the kernel maps it.
+fn file_offset(f: &object::File<'_>, addr: u64) -> Option<u64> {
+    f.segments().find_map(|seg| {
+        let (start, size) = (seg.address(), seg.size());
+        let (file_start, file_size) = seg.file_range();
+        (addr >= start && addr < start + size.min(file_size)).then(|| addr - start + file_start)
+    })
 }
 
 #[cfg(test)]
@@ -84,6 +125,28 @@ mod tests {
         let elf = Elf::open(&exe).unwrap();
         assert!(elf.has_section(".text"));
         assert!(!elf.has_section(".go.buildinfo"));
+    }
+
+    #[test]
+    fn function_offsets_match_the_system_libc() {
+        // The offset of a libc function is where its first bytes are in the file: compare
+        // the file's bytes there with the loaded function's own code in this process.
+        let libc_path = std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.contains("libc.so"))
+            .map(str::to_string)
+            .expect("libc is mapped");
+        let elf = Elf::open(Path::new(&libc_path)).unwrap();
+        let offs = elf.function_offsets(&["getpid", "no_such_function_here"]);
+        assert!(offs[1].is_none());
+        let off = offs[0].expect("getpid is defined") as usize;
+        let file = std::fs::read(&libc_path).unwrap();
+        let live = libc::getpid as unsafe extern "C" fn() -> libc::pid_t as *const u8;
+        // SAFETY: reading 16 bytes of mapped, executable libc code.
+        let code = unsafe { std::slice::from_raw_parts(live, 16) };
+        assert_eq!(&file[off..off + 16], code);
     }
 
     #[test]

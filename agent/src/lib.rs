@@ -20,4 +20,5 @@ pub mod process;
 pub mod protocol;
 pub mod select;
 pub mod stats;
+pub mod tls;
 pub mod trace;

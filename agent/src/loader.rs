@@ -45,6 +45,8 @@ pub const TRACEPOINTS: &[&str] = &[
     "sys_enter_accept4",
     "sys_exit_accept4",
     "sys_enter_close",
+    "sys_enter_mmap",
+    "sys_exit_mmap",
 ];
 
 /// Process lifecycle tracepoints (category `sched`).
@@ -72,12 +74,13 @@ pub struct LoadOptions {
 pub struct Conns(HashMap<MapData, u64, ConnInfo>);
 
 impl Conns {
-    /// Marks the connection behind (tgid, fd) as of no use, if it is still the socket `sock`.
-    pub fn ignore(&mut self, tgid: u32, fd: i32, sock: u64) -> bool {
+    /// Marks bytes of the connection behind (tgid, fd) as of no use (`agent_common::IGNORE_*`
+    /// bits), if it is still the socket `sock`.
+    pub fn ignore(&mut self, tgid: u32, fd: i32, sock: u64, bits: u8) -> bool {
         let key = ((tgid as u64) << 32) | (fd as u32 as u64);
         match self.0.get(&key, 0) {
-            Ok(mut info) if info.sock == sock && info.ignore == 0 => {
-                info.ignore = 1;
+            Ok(mut info) if info.sock == sock && info.ignore & bits != bits => {
+                info.ignore |= bits;
                 self.0.insert(key, info, 0).is_ok()
             }
             _ => false,

@@ -32,6 +32,7 @@ use crate::{
         tracker::{Change, Reason},
     },
     stats::{self, Stats},
+    tls,
     trace::{Linker, Span, sampler::Sampler},
 };
 
@@ -81,6 +82,16 @@ fn sink(config: &Config) -> Result<Sink> {
                 Format::Json => stdout::Format::Json,
             }))
         }
+    }
+}
+
+/// Acts on one selection change: logs it, and probes (or stops probing) the process's TLS
+/// libraries.
+fn on_change(change: &Change, processes: &mut Processes, tls: &tls::Attacher) {
+    log_change(change, processes);
+    match *change {
+        Change::Traced(pid, _) => tls.scan(pid),
+        Change::Untraced(pid) | Change::Exited(pid) => tls.forget(pid),
     }
 }
 
@@ -137,8 +148,14 @@ pub async fn run(config: Config) -> Result<()> {
     let mut processes = Processes::with_pods(4096, pods);
     let description = config.selection.describe();
     let mut tracker = Tracker::new(config.selection, select_maps, cgroup_v2)?;
+    let loader::Probes {
+        ebpf,
+        counters: counter_map,
+    } = probes;
+    // From here on the attacher thread owns the programs; stopping it detaches them.
+    let (tls, attacher) = tls::Attacher::start(ebpf, "/proc".into(), stats.clone())?;
     for change in tracker.scan()? {
-        log_change(&change, &mut processes);
+        on_change(&change, &mut processes, &tls);
     }
 
     let sampler = Sampler::from_env();
@@ -156,6 +173,7 @@ pub async fn run(config: Config) -> Result<()> {
             processes,
             linker: Linker::new(sampler),
             conns,
+            tls,
         },
         stats.clone(),
     ));
@@ -174,7 +192,7 @@ pub async fn run(config: Config) -> Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = refresh.tick() => {
-                if let Ok(k) = probes.counters() {
+                if let Ok(k) = loader::sum_counters(&counter_map) {
                     stats.set_kernel(&k);
                 }
                 stats.set(&stats.gauges.events_queue_depth, (EVENT_QUEUE - ev_tx.capacity()) as u64);
@@ -190,11 +208,9 @@ pub async fn run(config: Config) -> Result<()> {
     drop((ev_tx, span_tx));
 
     // Detach: no new events after this point.
-    let loader::Probes {
-        ebpf,
-        counters: counter_map,
-    } = probes;
-    drop(ebpf);
+    tokio::task::spawn_blocking(move || attacher.stop())
+        .await
+        .context("detaching the programs")?;
     let _ = stop_tx.send(true);
     capture.await.context("capture task")??;
     process.await.context("process task")?;
@@ -238,6 +254,8 @@ struct Stages {
     linker: Linker,
     /// The kernel's connection cache, told which connections to stop shipping.
     conns: loader::Conns,
+    /// Probes TLS libraries as processes load them.
+    tls: tls::Attacher,
 }
 
 /// Selection, connection tracking, parsing, linking and span making: single-threaded, fed by
@@ -294,8 +312,8 @@ async fn process_loop(
             st.linker.record(rec, &mut st.processes, &stats, &mut spans);
         }
         emit(&mut spans, &tx, &stats);
-        for key in table.take_ignored() {
-            st.conns.ignore(key.tgid, key.fd, key.sock);
+        for (key, bits) in table.take_ignored() {
+            st.conns.ignore(key.tgid, key.fd, key.sock, bits);
         }
         // Forgotten only now that their last spans are made.
         for pid in exited.drain(..) {
@@ -327,12 +345,22 @@ fn on_process(
     stats: &Stats,
     records: &mut Vec<ConnRecord>,
 ) -> Option<u32> {
-    if matches!(ev.change, capture::ProcessChange::Exec) {
-        // A new program: a new identity (the connections it kept stay).
-        st.processes.forget(ev.tgid);
+    match ev.change {
+        capture::ProcessChange::Exec => {
+            // A new program: a new identity (the connections it kept stay) and new libraries.
+            st.processes.forget(ev.tgid);
+            st.tls.forget(ev.tgid);
+        }
+        capture::ProcessChange::MappedExec => st.tls.scan(ev.tgid),
+        _ => {}
     }
-    let change = st.tracker.on_event(ev)?;
-    log_change(&change, &mut st.processes);
+    let change = st.tracker.on_event(ev);
+    if matches!(ev.change, capture::ProcessChange::Exec) && st.tracker.is_traced(ev.tgid) {
+        // Still traced: its new executable may link a TLS library in.
+        st.tls.scan(ev.tgid);
+    }
+    let change = change?;
+    on_change(&change, &mut st.processes, &st.tls);
     match change {
         Change::Exited(pid) => {
             // Its sockets closed without a close call: end its connections now.

@@ -51,6 +51,18 @@ counters! {
     http2_streams_unnamed,
     /// Times a database connection lost its framing (large results in capture gaps).
     db_resyncs,
+    /// TLS libraries probed (one per library file and process).
+    tls_libraries_probed,
+    /// Files that look like TLS libraries but cannot be probed (stripped, unknown API).
+    tls_libraries_unsupported,
+    /// Traced processes in which no probeable TLS library was found (at their first scan).
+    tls_processes_without_library,
+    /// Probe attachments the kernel refused.
+    tls_attach_failed,
+    /// Library scans not done because the attacher's queue was full.
+    tls_scans_dropped,
+    /// Connections whose plaintext came from the TLS probes.
+    conns_tls,
     /// Requests that never got a response (connection closed, or framing lost).
     requests_unanswered,
     /// Responses with no request to pair with (dropped, never paired by guess).
@@ -170,5 +182,7 @@ pub fn kernel_counter_names() -> [&'static str; counter::COUNT as usize] {
         "kernel_lost_no_scratch",
         "kernel_lost_traced_full",
         "kernel_skipped_ignored",
+        "kernel_lost_tls_unbound",
+        "kernel_lost_tls_args",
     ]
 }

@@ -204,6 +204,24 @@ impl Agent {
         }
     }
 
+    /// Waits until the agent logs a line containing every one of `needles`.
+    pub fn wait_log(&self, needles: &[&str]) {
+        eventually(Duration::from_secs(20), || {
+            self.proc
+                .stderr
+                .get()
+                .iter()
+                .any(|l| needles.iter().all(|n| l.contains(n)))
+                .then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the agent never logged {needles:?}:\n{}",
+                self.proc.stderr.get().join("\n")
+            )
+        });
+    }
+
     /// Stops the agent with a signal and checks it exits 0 (after flushing).
     pub fn stop_with(mut self, sig: i32) -> (Vec<String>, Vec<String>) {
         self.proc.signal(sig);

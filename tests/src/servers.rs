@@ -186,3 +186,80 @@ impl Redis {
         }
     }
 }
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, made by `openssl` for one test.
+pub struct Cert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    _dir: TempDir,
+}
+
+impl Cert {
+    pub fn new() -> Self {
+        let dir = TempDir::new("cert");
+        let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+        run(Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert));
+        Cert {
+            cert,
+            key,
+            _dir: dir,
+        }
+    }
+}
+
+impl Default for Cert {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// nginx serving HTTPS (and a plain `return` for `/missing`) on a free port, in the foreground
+/// (`daemon off`: the master is this process, its worker a child).
+pub struct Nginx {
+    pub port: u16,
+    pub server: Proc,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    pub fn start_tls(cert: &Cert) -> Self {
+        let dir = TempDir::new("nginx");
+        let port = free_port();
+        std::fs::write(dir.0.join("index.html"), "hello from nginx\n").expect("index");
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  \
+             fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  \
+             server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {c};\n    \
+             ssl_certificate_key {k};\n    root {d};\n    location /missing {{ return 404; }}\n  }}\n}}\n",
+            d = dir.0.display(),
+            c = cert.cert.display(),
+            k = cert.key.display(),
+        );
+        let conf_path = dir.0.join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("nginx.conf");
+        let server = Proc::spawn(
+            Command::new("nginx")
+                .arg("-c")
+                .arg(&conf_path)
+                .arg("-p")
+                .arg(&dir.0),
+        );
+        crate::wait_port(port);
+        Nginx {
+            port,
+            server,
+            _dir: dir,
+        }
+    }
+}

@@ -16,7 +16,9 @@ use crate::{
         redis::Redis,
     },
     stats::Stats,
+    tls::hello::{self, Hello, Version},
 };
+use agent_common::{IGNORE_SOCKET, IGNORE_TLS};
 
 /// Syscall starts examined on a connection first seen mid-stream before giving up on it.
 const MAX_DETECT_TRIES: u8 = 8;
@@ -33,6 +35,9 @@ pub(super) enum Proto {
     Postgres(Box<Postgres>),
     Mysql(Box<Mysql>),
     Redis(Box<Redis>),
+    /// TLS seen from the socket, waiting for the ServerHello's version before giving up the
+    /// ciphertext.
+    Tls,
     /// Not a protocol the agent parses: its bytes are dropped on arrival.
     Other,
 }
@@ -48,8 +53,12 @@ pub(super) struct Conn {
     pub(super) egress: Stream,
     pub(super) proto: Proto,
     pub(super) last_ns: u64,
-    /// The kernel was asked to stop shipping this connection's bytes.
-    pub(super) ignored: bool,
+    /// `IGNORE_*` bits the kernel was given for this connection.
+    pub(super) ignored: u8,
+    /// Bytes come from the TLS probes (plaintext); the socket's own bytes are ciphertext.
+    pub(super) tls: bool,
+    /// The TLS version the server chose, from the ServerHello seen on the socket.
+    pub(super) tls_version: Option<Version>,
 }
 
 impl Conn {
@@ -70,8 +79,33 @@ impl Conn {
             egress: Stream::new(limit),
             proto: Proto::Detecting { tries: 0 },
             last_ns: now,
-            ignored: false,
+            ignored: 0,
+            tls: false,
+            tls_version: None,
         }
+    }
+
+    /// The first plaintext from the TLS probes: parsing starts again on it. Whatever the socket
+    /// showed (a handshake, ciphertext) is dropped, and so is any socket data from now on.
+    pub(super) fn start_tls(&mut self) {
+        self.tls = true;
+        self.proto = Proto::Detecting { tries: 0 };
+        self.ingress.clear();
+        self.egress.clear();
+    }
+
+    /// The `IGNORE_*` bits the kernel should have: the socket's bytes once they are ciphertext
+    /// or of an unparsed protocol, the TLS plaintext once it is of an unparsed protocol.
+    pub(super) fn wanted_ignore(&self) -> u8 {
+        let other = self.is_other();
+        let mut bits = 0;
+        if other || self.tls {
+            bits |= IGNORE_SOCKET;
+        }
+        if other && self.tls {
+            bits |= IGNORE_TLS;
+        }
+        bits
     }
 
     /// True once the connection's bytes are of no use.
@@ -130,6 +164,18 @@ impl Conn {
                     return;
                 }
                 // Subscribed or monitoring (its confirmation paired), or framing lost.
+                Proto::Other
+            }
+            Proto::Tls => {
+                // Wait for the ServerHello (read in pieces, possibly), within reason.
+                if hello::server_hello_incomplete(resp.head()) && resp.available() < 16_384 {
+                    return;
+                }
+                if let Some(Hello::Server(Some(v))) = hello::sniff(resp.head()) {
+                    self.tls_version = Some(v);
+                }
+                tracing::debug!(conn = self.id, peer = %self.peer.remote, version = ?self.tls_version,
+                    "TLS: plaintext only through the TLS probes");
                 Proto::Other
             }
             Proto::Detecting { .. } | Proto::Other => return,
@@ -220,6 +266,8 @@ impl Conn {
                     Protocol::Postgres => Proto::Postgres(Box::new(Postgres::new(self.from_start))),
                     Protocol::Mysql => Proto::Mysql(Box::new(Mysql::new(self.from_start))),
                     Protocol::Redis => Proto::Redis(Box::default()),
+                    Protocol::Tls if self.tls => return self.give_up(stats), // TLS in TLS
+                    Protocol::Tls => Proto::Tls,
                 };
                 return;
             }
@@ -297,7 +345,7 @@ impl Conn {
             Proto::Postgres(p) => p.close(stats, out),
             Proto::Mysql(m) => m.close(stats, out),
             Proto::Redis(r) => r.close(stats, out),
-            Proto::Detecting { .. } | Proto::Other => {}
+            Proto::Detecting { .. } | Proto::Tls | Proto::Other => {}
         }
     }
 }

@@ -7,4 +7,4 @@ pub mod stream;
 pub mod table;
 
 pub use stream::{Stream, SyscallTime};
-pub use table::{ConnKey, ConnMeta, ConnRecord, ConnTable, Endpoint, Limits, Peer, Role};
+pub use table::{ConnKey, ConnMeta, ConnRecord, ConnTable, Endpoint, Limits, Peer, Role, TlsMeta};

@@ -15,6 +15,7 @@ use crate::{
     capture::{Direction, EventKind, SocketEvent},
     protocol::Record,
     stats::Stats,
+    tls::hello::Version,
 };
 
 /// Which end of the connection the traced process is.
@@ -66,6 +67,15 @@ pub struct ConnMeta {
     /// On a server connection: the client end is a connection of a traced process on this host
     /// (so its CLIENT span will be seen too).
     pub peer_traced: bool,
+    /// The bytes came from the TLS probes: the connection is encrypted.
+    pub tls: Option<TlsMeta>,
+}
+
+/// What is known of an encrypted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsMeta {
+    /// The version the server chose, when its ServerHello was seen.
+    pub version: Option<Version>,
 }
 
 /// A protocol record with the connection it travelled on.
@@ -102,7 +112,7 @@ pub struct ConnTable {
     /// (local, remote) of every live client connection of a traced process.
     clients: HashSet<(Endpoint, Endpoint)>,
     /// Connections whose bytes are of no use, for the kernel to stop shipping.
-    ignored: Vec<ConnKey>,
+    ignored: Vec<(ConnKey, u8)>,
     next_id: u64,
     limits: Limits,
 }
@@ -197,7 +207,12 @@ impl ConnTable {
                     return;
                 };
                 conn.last_ns = ev.exit_ns;
-                if conn.is_other() {
+                if ev.tls && !conn.tls {
+                    conn.start_tls();
+                    stats.inc(&stats.conns_tls);
+                }
+                // Ciphertext (the plaintext comes from the TLS probes), or an unparsed protocol.
+                if (conn.tls && !ev.tls) || conn.is_other() {
                     return;
                 }
                 let time = SyscallTime {
@@ -218,10 +233,11 @@ impl ConnTable {
                 if !had_role && role == Some(Role::Client) {
                     self.clients.insert((peer.local, peer.remote));
                 }
-                if conn.is_other() && !conn.ignored {
-                    conn.ignored = true;
+                let wanted = conn.wanted_ignore();
+                if wanted & !conn.ignored != 0 {
+                    conn.ignored = wanted;
                     if self.ignored.len() < 4096 {
-                        self.ignored.push(key);
+                        self.ignored.push((key, wanted));
                     }
                 }
                 self.attach(key, records, out);
@@ -231,7 +247,7 @@ impl ConnTable {
 
     /// Connections found of no use since the last call, for the kernel to stop shipping
     /// their bytes.
-    pub fn take_ignored(&mut self) -> Vec<ConnKey> {
+    pub fn take_ignored(&mut self) -> Vec<(ConnKey, u8)> {
         std::mem::take(&mut self.ignored)
     }
 
@@ -258,6 +274,9 @@ impl ConnTable {
             role,
             peer: conn.peer,
             peer_traced,
+            tls: conn.tls.then_some(TlsMeta {
+                version: conn.tls_version,
+            }),
         };
         out.extend(
             records

@@ -1,4 +1,4 @@
-use agent_common::{AF_INET6, ROLE_UNKNOWN};
+use agent_common::{AF_INET6, IGNORE_SOCKET, IGNORE_TLS, ROLE_UNKNOWN};
 
 use super::*;
 
@@ -31,7 +31,16 @@ fn ev(kind: EventKind, fd: i32, conn: ConnInfo, payload: &[u8], at: u64) -> Sock
         exit_ns: at + 1,
         len: payload.len() as u64,
         conn,
+        tls: false,
         payload: payload.to_vec(),
+    }
+}
+
+/// Plaintext from the TLS probes.
+fn tls_data(dir: Direction, fd: i32, conn: ConnInfo, payload: &[u8], at: u64) -> SocketEvent {
+    SocketEvent {
+        tls: true,
+        ..data(dir, fd, conn, payload, at)
     }
 }
 
@@ -171,9 +180,9 @@ fn unrecognized_connection_is_ignored_in_the_kernel_too() {
     let mut out = Vec::new();
     let c = info(1, ROLE_CLIENT);
     t.handle(&ev(EventKind::Open, 5, c, b"", 1), &s, &mut out);
-    // A TLS ClientHello: encrypted traffic is not parsed from the socket.
-    let hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03random-bytes";
-    t.handle(&data(Direction::Egress, 5, c, hello, 2), &s, &mut out);
+    // An SSH client: nothing the agent parses.
+    let banner = b"SSH-2.0-OpenSSH_9.2p1\r\n";
+    t.handle(&data(Direction::Egress, 5, c, banner, 2), &s, &mut out);
     t.handle(&data(Direction::Egress, 5, c, REQ, 3), &s, &mut out);
     t.handle(&data(Direction::Ingress, 5, c, RESP, 4), &s, &mut out);
     assert!(out.is_empty());
@@ -184,11 +193,119 @@ fn unrecognized_connection_is_ignored_in_the_kernel_too() {
     );
     let ignored = t.take_ignored();
     assert_eq!(ignored.len(), 1, "the kernel is told once");
+    let (key, bits) = ignored[0];
     assert_eq!(
-        (ignored[0].tgid, ignored[0].fd, ignored[0].sock),
-        (42, 5, 1)
+        (key.tgid, key.fd, key.sock, bits),
+        (42, 5, 1, IGNORE_SOCKET)
     );
     assert!(t.take_ignored().is_empty());
+}
+
+/// A TLS 1.3 ServerHello record (version in `supported_versions`).
+fn server_hello() -> Vec<u8> {
+    let mut body = vec![3, 3];
+    body.extend([9u8; 32]);
+    body.extend([0, 0x13, 0x01, 0, 0, 6, 0, 43, 0, 2, 3, 4]);
+    let mut rec = vec![22, 3, 3, 0, body.len() as u8 + 4, 2, 0, 0, body.len() as u8];
+    rec.extend(body);
+    rec
+}
+
+#[test]
+fn tls_plaintext_replaces_the_ciphertext() {
+    let mut t = ConnTable::new(Limits::default());
+    let s = Stats::default();
+    let mut out = Vec::new();
+    let c = info(1, ROLE_CLIENT);
+    t.handle(&ev(EventKind::Open, 5, c, b"", 1), &s, &mut out);
+    let client_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03random-bytes";
+    t.handle(
+        &data(Direction::Egress, 5, c, client_hello, 2),
+        &s,
+        &mut out,
+    );
+    // The client reads the record header, then its body.
+    let hello = server_hello();
+    t.handle(
+        &data(Direction::Ingress, 5, c, &hello[..5], 3),
+        &s,
+        &mut out,
+    );
+    assert!(t.take_ignored().is_empty(), "still waiting for the version");
+    t.handle(
+        &data(Direction::Ingress, 5, c, &hello[5..], 4),
+        &s,
+        &mut out,
+    );
+    assert_eq!(
+        t.take_ignored(),
+        [(
+            ConnKey {
+                tgid: 42,
+                fd: 5,
+                sock: 1
+            },
+            IGNORE_SOCKET
+        )]
+    );
+    // Plaintext from the probes, ciphertext of the same bytes from the socket in between.
+    t.handle(&tls_data(Direction::Egress, 5, c, REQ, 5), &s, &mut out);
+    t.handle(
+        &data(
+            Direction::Egress,
+            5,
+            c,
+            b"\x17\x03\x03\x00\x30ciphertext",
+            6,
+        ),
+        &s,
+        &mut out,
+    );
+    t.handle(
+        &data(
+            Direction::Ingress,
+            5,
+            c,
+            b"\x17\x03\x03\x00\x40ciphertext",
+            7,
+        ),
+        &s,
+        &mut out,
+    );
+    t.handle(&tls_data(Direction::Ingress, 5, c, RESP, 8), &s, &mut out);
+    let done = finished(&out);
+    assert_eq!(done.len(), 1, "{out:?}");
+    assert_eq!(
+        done[0].0.tls,
+        Some(TlsMeta {
+            version: Some(Version(0x0304))
+        })
+    );
+    assert_eq!(
+        s.conns_unrecognized
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(s.conns_tls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // An unparsed protocol inside TLS: the plaintext is given up too.
+    let c2 = info(2, ROLE_CLIENT);
+    t.handle(&ev(EventKind::Open, 6, c2, b"", 9), &s, &mut out);
+    t.handle(
+        &tls_data(Direction::Egress, 6, c2, b"SSH-2.0-x\r\n", 10),
+        &s,
+        &mut out,
+    );
+    assert_eq!(
+        t.take_ignored(),
+        [(
+            ConnKey {
+                tgid: 42,
+                fd: 6,
+                sock: 2
+            },
+            IGNORE_SOCKET | IGNORE_TLS
+        )]
+    );
 }
 
 /// Each protocol is recognised from its first bytes, on a client connection seen from its start.

@@ -7,6 +7,7 @@
 //! and after a few syscall starts otherwise.
 
 use super::{http1, http2, mysql, postgres, redis};
+use crate::tls::hello::{self, Hello, Version};
 
 /// What one direction's first bytes say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,12 @@ pub enum Hint {
     /// A MySQL client command (mid-stream).
     MysqlCommand,
     RedisCommand,
+    /// A TLS ClientHello.
+    TlsClientHello,
+    /// A TLS ServerHello, with the version it selects when captured.
+    TlsServerHello(Option<Version>),
+    /// A TLS application-data record (a TLS connection met mid-stream).
+    TlsRecord,
 }
 
 impl Hint {
@@ -39,10 +46,11 @@ impl Hint {
             | Hint::Http2Preface
             | Hint::Postgres
             | Hint::MysqlCommand
-            | Hint::RedisCommand => Some(true),
-            Hint::Http1Response | Hint::MysqlGreeting => Some(false),
+            | Hint::RedisCommand
+            | Hint::TlsClientHello => Some(true),
+            Hint::Http1Response | Hint::MysqlGreeting | Hint::TlsServerHello(_) => Some(false),
             Hint::Http2Frames(r) => r,
-            Hint::Undecided | Hint::Nothing => None,
+            Hint::Undecided | Hint::Nothing | Hint::TlsRecord => None,
         }
     }
 }
@@ -58,6 +66,9 @@ pub enum Protocol {
     Postgres,
     Mysql,
     Redis,
+    /// TLS seen from the socket: ciphertext, whose plaintext (if the process's TLS library is
+    /// probed) arrives from the TLS probes.
+    Tls,
 }
 
 impl Protocol {
@@ -74,6 +85,14 @@ pub fn classify(b: &[u8], from_start: bool) -> Hint {
     }
     if b.starts_with(http2::PREFACE) {
         return Hint::Http2Preface;
+    }
+    match hello::sniff(b) {
+        Some(Hello::Client) => return Hint::TlsClientHello,
+        Some(Hello::Server(v)) => return Hint::TlsServerHello(v),
+        None => {}
+    }
+    if !from_start && matches!(b, [23, 3, 1..=4, ..]) {
+        return Hint::TlsRecord;
     }
     if b.len() < http2::PREFACE.len() && http2::PREFACE.starts_with(b) {
         return Hint::Undecided;
@@ -116,6 +135,9 @@ pub fn decide(requests: Hint, answers: Hint, from_start: bool) -> Option<Protoco
         (Hint::Postgres, _) => Some(Protocol::Postgres),
         (Hint::MysqlCommand, _) | (_, Hint::MysqlGreeting) => Some(Protocol::Mysql),
         (Hint::RedisCommand, _) => Some(Protocol::Redis),
+        (Hint::TlsClientHello | Hint::TlsRecord, _) | (_, Hint::TlsServerHello(_)) => {
+            Some(Protocol::Tls)
+        }
         _ => None,
     }
 }
@@ -145,6 +167,14 @@ mod tests {
         );
         assert_eq!(
             classify(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", true),
+            Hint::TlsClientHello
+        );
+        assert_eq!(
+            classify(b"\x17\x03\x03\x00\x20abcdefgh", false),
+            Hint::TlsRecord
+        );
+        assert_eq!(
+            classify(b"\x17\x03\x03\x00\x20abcdefgh", true),
             Hint::Nothing
         );
         assert_eq!(classify(b"SSH-2.0-OpenSSH_9.2p1\r\n", true), Hint::Nothing);

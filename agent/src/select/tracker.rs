@@ -83,6 +83,11 @@ impl Tracker {
         self.traced.iter().copied()
     }
 
+    /// Whether `pid` is traced.
+    pub fn is_traced(&self, pid: u32) -> bool {
+        self.traced.contains(&pid)
+    }
+
     /// Applies the selection to every running process; children of traced processes are
     /// traced too. Fails when a `--pid` does not exist.
     pub fn scan(&mut self) -> Result<Vec<Change>> {
@@ -156,6 +161,8 @@ impl Tracker {
                 Some(Change::Exited(pid))
             }
             ProcessChange::Exec => self.on_exec(pid, ev.cgroup_id),
+            // Libraries: the TLS attacher's concern, not selection's.
+            ProcessChange::MappedExec => None,
         }
     }
 

@@ -108,13 +108,14 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange) -> Described {
         if let Some(q) = query {
             a.push(("url.query", s(q)));
         }
-        a.push(("url.scheme", s("http")));
+        let scheme = if conn.tls.is_some() { "https" } else { "http" };
+        a.push(("url.scheme", s(scheme)));
         if kind == SpanKind::Client {
             // The authority the client asked for (Host header), else the peer it connected to.
             let authority = host_header.map_or_else(|| server.to_string(), str::to_string);
             a.push((
                 "url.full",
-                Value::Str(format!("http://{authority}{target}")),
+                Value::Str(format!("{scheme}://{authority}{target}")),
             ));
         }
         if resp.status != 0 {

@@ -36,6 +36,7 @@ fn conn(tgid: u32, id: u64, role: Role, local: &str, remote: &str, peer_traced: 
             remote: remote.parse().unwrap(),
         },
         peer_traced,
+        tls: None,
     }
 }
 

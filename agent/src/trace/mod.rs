@@ -62,6 +62,12 @@ pub fn network_attributes(conn: &ConnMeta, a: &mut Vec<(&'static str, Value)>) {
         Value::Int(i64::from(conn.peer.remote.port())),
     ));
     a.push(("network.transport", Value::Str("tcp".into())));
+    if let Some(tls) = conn.tls {
+        a.push(("tls.protocol.name", Value::Str("tls".into())));
+        if let Some(v) = tls.version.and_then(|v| v.name()) {
+            a.push(("tls.protocol.version", Value::Str(v.into())));
+        }
+    }
     a.push((
         "network.type",
         Value::Str(

@@ -27,6 +27,7 @@ fn conn(role: Role) -> ConnMeta {
             remote: "127.0.0.1:50000".parse().unwrap(),
         },
         peer_traced: false,
+        tls: None,
     }
 }
 
@@ -117,6 +118,27 @@ fn client_span_uses_peer_port_and_write_start() {
     assert_eq!(sp.attr("server.port"), Some(&Value::Int(50000)));
     assert_eq!(sp.attr_str("url.full"), Some("http://shop.local:8080/pay"));
     assert_eq!(sp.end.duration_since(sp.start).unwrap().as_nanos(), 8_000);
+}
+
+#[test]
+fn tls_connections_are_https() {
+    let mut c = conn(Role::Client);
+    c.tls = Some(crate::conn::TlsMeta {
+        version: Some(crate::tls::hello::Version(0x0303)),
+    });
+    let sp = make_span(
+        &c,
+        &web("GET", "/pay", 200),
+        placement(),
+        &mut Processes::new(8),
+    );
+    assert_eq!(sp.attr_str("url.scheme"), Some("https"));
+    assert_eq!(sp.attr_str("url.full"), Some("https://shop.local:8080/pay"));
+    assert_eq!(sp.attr_str("tls.protocol.name"), Some("tls"));
+    assert_eq!(sp.attr_str("tls.protocol.version"), Some("1.2"));
+    let plain = span(Role::Client, &web("GET", "/pay", 200));
+    assert_eq!(plain.attr_str("url.scheme"), Some("http"));
+    assert_eq!(plain.attr_str("tls.protocol.name"), None);
 }
 
 #[test]
