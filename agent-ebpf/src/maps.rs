@@ -112,6 +112,24 @@ pub struct Inflight {
     pub _pad: u8,
 }
 
+/// `bpf_ringbuf_output` flag: wake the reader now.
+pub const FORCE_WAKEUP: u64 = 2;
+
+/// `bpf_ringbuf_output` flags: wake the reader only once `WAKEUP_BYTES` are queued. A wake-up
+/// per record costs the reader a context switch per syscall traced; batching them leaves the
+/// reader to drain small amounts on its own short timer (`capture::DRAIN_EVERY`).
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    const AVAIL_DATA: u64 = 0;
+    const NO_WAKEUP: u64 = 1;
+    const WAKEUP_BYTES: u64 = 64 * 1024;
+    if EVENTS.query(AVAIL_DATA) >= WAKEUP_BYTES {
+        FORCE_WAKEUP
+    } else {
+        NO_WAKEUP
+    }
+}
+
 /// Adds one to a counter.
 #[inline(always)]
 pub fn count(index: u32) {

@@ -6,7 +6,7 @@ use core::ffi::c_void;
 use agent_common::{DataEvent, EVENT_DATA, EventHeader, MAX_IOV, MAX_PAYLOAD, counter};
 use aya_ebpf::helpers::{bpf_loop, bpf_probe_read_user, bpf_probe_read_user_buf};
 
-use crate::maps::{BufKind, EVENTS, Inflight, SCRATCH, SETTINGS, count};
+use crate::maps::{BufKind, EVENTS, Inflight, SCRATCH, SETTINGS, count, wakeup_flags};
 
 const HEADER: usize = core::mem::size_of::<EventHeader>();
 
@@ -165,7 +165,7 @@ pub fn send(ev: &DataEvent, captured: usize) {
     let size = HEADER + (captured & (MAX_PAYLOAD * 2 - 1));
     // SAFETY: `size` never exceeds the size of `DataEvent` (masked above).
     let bytes = unsafe { core::slice::from_raw_parts(ev as *const DataEvent as *const u8, size) };
-    match EVENTS.output::<[u8]>(bytes, 0) {
+    match EVENTS.output::<[u8]>(bytes, wakeup_flags()) {
         Ok(()) => count(counter::EVENTS_SENT),
         Err(_) => count(counter::LOST_RINGBUF_FULL),
     }
@@ -174,7 +174,7 @@ pub fn send(ev: &DataEvent, captured: usize) {
 /// Sends a record with no payload (open and close of a connection).
 #[inline(always)]
 pub fn emit_header(header: EventHeader) {
-    match EVENTS.output::<EventHeader>(header, 0) {
+    match EVENTS.output::<EventHeader>(header, wakeup_flags()) {
         Ok(()) => count(counter::EVENTS_SENT),
         Err(_) => count(counter::LOST_RINGBUF_FULL),
     }

@@ -14,7 +14,8 @@ use aya_ebpf::{
 };
 
 use crate::maps::{
-    BY_FORK, EVENTS, EXCLUDED_TGIDS, OFFSETS, SETTINGS, TRACED_TGIDS, count, is_traced,
+    BY_FORK, EVENTS, EXCLUDED_TGIDS, FORCE_WAKEUP, OFFSETS, SETTINGS, TRACED_TGIDS, count,
+    is_traced,
 };
 
 #[inline(always)]
@@ -38,7 +39,9 @@ pub fn emit(what: u32, tgid: u32, ppid: u32, port: u16) {
         port,
         _pad: [0; 6],
     };
-    match EVENTS.output::<ProcEvent>(ev, 0) {
+    // Woken at once, unlike data records: userspace must read the process's identity in
+    // /proc while it lives, and a client like psql lives a few milliseconds.
+    match EVENTS.output::<ProcEvent>(ev, FORCE_WAKEUP) {
         Ok(()) => count(counter::EVENTS_SENT),
         Err(_) => count(counter::LOST_RINGBUF_FULL),
     }

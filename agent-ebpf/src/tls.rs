@@ -20,8 +20,7 @@ use agent_common::{
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_user_buf,
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
     },
     macros::{map, uprobe, uretprobe},
     maps::{HashMap, LruHashMap},

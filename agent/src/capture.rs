@@ -6,7 +6,7 @@
 //! the task waits, and the kernel counts what no longer fits in the ring buffer: loss is always
 //! counted in one place or the other.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use agent_common::{
     ConnInfo, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA, EVENT_OPEN, EVENT_PROC,
@@ -192,6 +192,10 @@ fn drain(ring: &mut RingBuf<MapData>, stats: &Stats, out: &mut Vec<Event>) {
     }
 }
 
+/// How often the ring buffer is drained when the kernel has not woken the reader (it does so
+/// only once a batch is queued): the most a record waits at low traffic.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
 /// Runs until `stop` fires, then drains what is left (the programs are detached by then) and
 /// returns, closing the channel.
 pub async fn run(
@@ -210,6 +214,9 @@ pub async fn run(
             )
         })?;
     let mut batch = Vec::with_capacity(256);
+    // The kernel wakes this task only once 64 KiB are queued; below that, the timer drains.
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
@@ -217,6 +224,7 @@ pub async fn run(
                 drain(guard.get_inner_mut(), &stats, &mut batch);
                 guard.clear_ready();
             }
+            _ = tick.tick() => drain(fd.get_mut(), &stats, &mut batch),
             _ = stop.changed() => {
                 drain(fd.get_mut(), &stats, &mut batch);
                 forward(&tx, &stats, &mut batch).await;

@@ -4,6 +4,12 @@
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
+/// Every traced request allocates (payload copies, headers, span attributes) on several
+/// threads; mimalloc's thread-local free lists cost a fraction of glibc malloc's there (measured
+/// with `cargo xtask bench`, docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let args = agent::cli::Args::parse();
     let config = match agent::config::Config::resolve(args) {

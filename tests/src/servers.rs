@@ -222,7 +222,8 @@ impl Default for Cert {
     }
 }
 
-/// nginx serving HTTPS (and a plain `return` for `/missing`) on a free port, in the foreground
+/// nginx serving HTTPS, HTTP/1.1 or HTTP/2 by ALPN (and a plain `return` for `/missing`) on a
+/// free port, in the foreground
 /// (`daemon off`: the master is this process, its worker a child).
 pub struct Nginx {
     pub port: u16,
@@ -240,7 +241,7 @@ impl Nginx {
              events {{ worker_connections 64; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  \
              fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  \
-             server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {c};\n    \
+             server {{\n    listen 127.0.0.1:{port} ssl http2;\n    ssl_certificate {c};\n    \
              ssl_certificate_key {k};\n    root {d};\n    location /missing {{ return 404; }}\n  }}\n}}\n",
             d = dir.0.display(),
             c = cert.cert.display(),

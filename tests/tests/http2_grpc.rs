@@ -239,8 +239,9 @@ fn unrecognized_protocol_stops_being_shipped() {
          def echo():\n    c, _ = srv.accept()\n    while (d := c.recv(4096)):\n        c.sendall(d)\n\
          threading.Thread(target=echo, daemon=True).start()\n\
          print('ready', flush=True); input()\n\
+         import time\n\
          s = socket.create_connection(('127.0.0.1', {port}))\n\
-         for i in range(200):\n    s.sendall(b'\\x00\\x01\\xfe' + bytes([i]) * 13); s.recv(64)\n\
+         for i in range(200):\n    s.sendall(b'\\x00\\x01\\xfe' + bytes([i]) * 13); s.recv(64); time.sleep(0.001)\n\
          s.close(); print('done', flush=True)\n"
     );
     let mut app = Proc::spawn(Command::new("python3").args(["-c", &script]));
@@ -263,8 +264,9 @@ fn unrecognized_protocol_stops_being_shipped() {
     };
     assert!(rx.spans().is_empty());
     assert_eq!(counter("conns_unrecognized"), 2, "both ends: {stderr:#?}");
-    // 800 syscalls (200 writes and 200 reads on each end): after the first ones, the kernel
+    // 800 syscalls over about 250 ms (200 writes and 200 reads on each end): once userspace has
+    // seen the first ones (records are drained in batches, at least every 10 ms), the kernel
     // copies nothing more.
-    assert!(counter("kernel_skipped_ignored") >= 700, "{stderr:#?}");
-    assert!(counter("kernel_events_sent") < 100, "{stderr:#?}");
+    assert!(counter("kernel_skipped_ignored") >= 600, "{stderr:#?}");
+    assert!(counter("kernel_events_sent") < 200, "{stderr:#?}");
 }

@@ -164,22 +164,12 @@ fn nginx_over_tls_with_curl() {
     agent.wait_log(&["probing TLS library", "libssl"]);
     let ca = cert.cert.to_string_lossy().into_owned();
     let base = format!("https://localhost:{}", nginx.port);
-    assert_eq!(
-        curl(&format!("{base}/index.html"), &["--cacert", &ca]).status,
-        200
-    );
-    assert_eq!(
-        curl(&format!("{base}/missing"), &["--cacert", &ca]).status,
-        404
-    );
-    assert_eq!(
-        curl(
-            &format!("{base}/index.html"),
-            &["--cacert", &ca, "--http1.1"]
-        )
-        .status,
-        200
-    );
+    // HTTP/2 (chosen by ALPN) and HTTP/1.1 inside TLS.
+    let get =
+        |path: &str, version: &str| curl(&format!("{base}{path}"), &["--cacert", &ca, version]);
+    assert_eq!(get("/index.html", "--http2").status, 200);
+    assert_eq!(get("/missing", "--http2").status, 404);
+    assert_eq!(get("/index.html", "--http1.1").status, 200);
     let spans = settle(&rx, 3);
     agent.stop();
     assert_eq!(spans.len(), 3, "one span per request: {spans:#?}");
@@ -194,6 +184,10 @@ fn nginx_over_tls_with_curl() {
         .collect();
     assert_eq!(missing.len(), 1);
     assert_eq!(missing[0].attr("http.response.status_code"), Some("404"));
+    let count =
+        |key: &str, value: &str| spans.iter().filter(|s| s.attr(key) == Some(value)).count();
+    assert_eq!(count("network.protocol.version", "2"), 2, "{spans:#?}");
+    assert_eq!(count("network.protocol.version", "1.1"), 1, "{spans:#?}");
     let ok = spans
         .iter()
         .filter(|s| s.attr("http.response.status_code") == Some("200"))

@@ -8,6 +8,9 @@
 //! - `lint`: rustfmt and clippy with warnings denied.
 //! - `test`: build, unit tests, then the end-to-end tests (they need root and load eBPF; they fail,
 //!   never skip, when that is impossible).
+//! - `bench`: build, then measure what the agent costs traced services (see `bench`).
+
+mod bench;
 
 use std::{
     path::{Path, PathBuf},
@@ -43,6 +46,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build, and measure the agent's overhead (docs/BENCHMARKS.md).
+    Bench(bench::Options),
 }
 
 const LLVM: &str = "/usr/lib/llvm-22";
@@ -126,6 +131,39 @@ fn pip_install(packages: &[(&str, &str)]) -> Result<()> {
     run(Command::new("python3")
         .args(["-m", "pip", "install", "--quiet"])
         .args(&missing))
+}
+
+/// What the benchmark needs beyond the test peers: a collector, and the Python service's
+/// libraries with OpenTelemetry's auto-instrumentation for the comparison.
+fn bench_setup() -> Result<()> {
+    apt_install(&["nginx", "wrk", "redis-server"])?;
+    pip_install(&[
+        ("flask", "flask"),
+        ("waitress", "waitress"),
+        ("requests", "requests"),
+        ("redis", "redis"),
+        ("rotel", "rotel"),
+    ])?;
+    // The SDK and the instrumentations of the app's libraries (Flask, requests, redis), pinned
+    // to one consistent release: `opentelemetry-bootstrap` picks versions PyPI may not have.
+    let otel = [
+        "opentelemetry-api==1.45.1",
+        "opentelemetry-sdk==1.45.1",
+        "opentelemetry-exporter-otlp==1.45.1",
+        "opentelemetry-distro==0.66b1",
+        "opentelemetry-instrumentation==0.66b1",
+        "opentelemetry-instrumentation-flask==0.66b1",
+        "opentelemetry-instrumentation-requests==0.66b1",
+        "opentelemetry-instrumentation-redis==0.66b1",
+    ];
+    let probe = "import opentelemetry.instrumentation.flask, opentelemetry.instrumentation.redis, \
+                 opentelemetry.instrumentation.requests, opentelemetry.exporter.otlp";
+    if !succeeds(Command::new("python3").args(["-c", probe])) {
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(otel))?;
+    }
+    Ok(())
 }
 
 fn setup() -> Result<()> {
@@ -305,6 +343,7 @@ fn test(extra: &[String]) -> Result<()> {
     run_tests(
         as_root(&cargo_path).current_dir(root()).args([
             "test",
+            "--no-fail-fast",
             "--workspace",
             "--exclude",
             "agent-e2e",
@@ -318,6 +357,7 @@ fn test(extra: &[String]) -> Result<()> {
             .current_dir(root())
             .args([
                 "test",
+                "--no-fail-fast",
                 "--package",
                 "agent-e2e",
                 "--tests",
@@ -346,5 +386,10 @@ fn main() -> Result<()> {
         }
         Task::Lint => lint(),
         Task::Test { args } => test(&args),
+        Task::Bench(opts) => {
+            build()?;
+            bench_setup()?;
+            bench::run(opts, agent_bin(), root())
+        }
     }
 }

@@ -197,14 +197,14 @@ pub fn resource(p: &ProcessInfo) -> Resource {
         .build()
 }
 
-/// Converts one span to the SDK's export type.
-pub fn span_data(s: &Span) -> SpanData {
+/// Converts one span to the SDK's export type, moving its strings rather than copying them.
+pub fn span_data(s: Span) -> SpanData {
     let attributes = s
         .attributes
-        .iter()
+        .into_iter()
         .map(|(k, v)| match v {
-            Value::Str(x) => KeyValue::new(*k, x.clone()),
-            Value::Int(i) => KeyValue::new(*k, *i),
+            Value::Str(x) => KeyValue::new(k, x),
+            Value::Int(i) => KeyValue::new(k, i),
         })
         .collect();
     // A tracestate that does not parse (it came from the wire) is dropped rather than sent on.
@@ -231,7 +231,7 @@ pub fn span_data(s: &Span) -> SpanData {
             SpanKind::Server => OtelKind::Server,
             SpanKind::Client => OtelKind::Client,
         },
-        name: Cow::Owned(s.name.clone()),
+        name: Cow::Owned(s.name),
         start_time: s.start,
         end_time: s.end,
         attributes,
@@ -242,20 +242,32 @@ pub fn span_data(s: &Span) -> SpanData {
             Status::Error => OtelStatus::error(""),
             Status::Unset => OtelStatus::Unset,
         },
-        instrumentation_scope: InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
-            .with_version(env!("CARGO_PKG_VERSION"))
-            .build(),
+        instrumentation_scope: scope().clone(),
     }
 }
 
-/// Exporters per traced process.
+/// The agent as the instrumentation scope of every span, built once.
+fn scope() -> &'static InstrumentationScope {
+    static SCOPE: std::sync::OnceLock<InstrumentationScope> = std::sync::OnceLock::new();
+    SCOPE.get_or_init(|| {
+        InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build()
+    })
+}
+
+/// Batches exported at once: one round trip at a time cannot keep up with a busy host.
+const IN_FLIGHT: usize = 4;
+
+/// Exporters per traced process, and the exports in flight.
 struct Exporters {
     config: Config,
-    by_pid: HashMap<u32, (Arc<ProcessInfo>, SpanExporter)>,
+    by_pid: HashMap<u32, (Arc<ProcessInfo>, Arc<SpanExporter>)>,
+    in_flight: tokio::task::JoinSet<()>,
 }
 
 impl Exporters {
-    fn get(&mut self, p: &Arc<ProcessInfo>) -> Result<&SpanExporter> {
+    fn get(&mut self, p: &Arc<ProcessInfo>) -> Result<Arc<SpanExporter>> {
         let stale = self.by_pid.get(&p.pid).is_some_and(|(known, _)| known != p);
         if stale || !self.by_pid.contains_key(&p.pid) {
             if self.by_pid.len() >= self.config.max_exporters {
@@ -266,33 +278,50 @@ impl Exporters {
             }
             let mut e = self.config.build()?;
             e.set_resource(&resource(p));
-            self.by_pid.insert(p.pid, (p.clone(), e));
+            self.by_pid.insert(p.pid, (p.clone(), Arc::new(e)));
         }
-        Ok(&self.by_pid[&p.pid].1)
+        Ok(self.by_pid[&p.pid].1.clone())
     }
 
-    async fn export(&mut self, spans: &mut Vec<Span>, stats: &Stats) {
+    /// Waits until fewer than `limit` exports are in flight.
+    async fn settle(&mut self, limit: usize) {
+        while self.in_flight.len() >= limit.max(1) {
+            if self.in_flight.join_next().await.is_none() {
+                break;
+            }
+        }
+    }
+
+    async fn export(&mut self, spans: &mut Vec<Span>, stats: &Arc<Stats>) {
         let mut groups: HashMap<u32, (Arc<ProcessInfo>, Vec<SpanData>)> = HashMap::new();
         for s in spans.drain(..) {
             groups
                 .entry(s.process.pid)
                 .or_insert_with(|| (s.process.clone(), Vec::new()))
                 .1
-                .push(span_data(&s));
+                .push(span_data(s));
         }
         for (_, (process, batch)) in groups {
             let n = batch.len() as u64;
-            let result = match self.get(&process) {
-                Ok(exporter) => exporter.export(batch).await.map_err(anyhow::Error::from),
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => stats.add(&stats.spans_exported, n),
+            let exporter = match self.get(&process) {
+                Ok(e) => e,
                 Err(err) => {
                     stats.add(&stats.spans_export_failed, n);
-                    warn!(spans = n, service = %process.service_name, "OTLP export failed: {err:#}");
+                    warn!(spans = n, service = %process.service_name, "OTLP exporter: {err:#}");
+                    continue;
                 }
-            }
+            };
+            self.settle(IN_FLIGHT).await;
+            let stats = stats.clone();
+            self.in_flight.spawn(async move {
+                match exporter.export(batch).await {
+                    Ok(()) => stats.add(&stats.spans_exported, n),
+                    Err(err) => {
+                        stats.add(&stats.spans_export_failed, n);
+                        warn!(spans = n, service = %process.service_name, "OTLP export failed: {err}");
+                    }
+                }
+            });
         }
     }
 }
@@ -302,6 +331,7 @@ pub async fn run(config: Config, mut rx: mpsc::Receiver<Span>, stats: Arc<Stats>
     let mut exporters = Exporters {
         config: config.clone(),
         by_pid: HashMap::new(),
+        in_flight: tokio::task::JoinSet::new(),
     };
     let mut pending: Vec<Span> = Vec::with_capacity(config.batch_size);
     let mut tick = tokio::time::interval(config.batch_delay);
@@ -326,6 +356,7 @@ pub async fn run(config: Config, mut rx: mpsc::Receiver<Span>, stats: Arc<Stats>
     if !pending.is_empty() {
         exporters.export(&mut pending, &stats).await;
     }
+    exporters.settle(1).await;
     for (_, (_, e)) in exporters.by_pid.drain() {
         if let Err(err) = e.shutdown() {
             debug!("exporter shutdown: {err}");
