@@ -102,7 +102,7 @@ fn exit(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     // Ciphertext of a TLS library's read or write: its plaintext comes from the TLS probes.
-    if tls::on_socket_syscall(pid_tgid, args.fd, args.direction == DIR_EGRESS) {
+    if tls::on_socket_syscall(pid_tgid, args.fd, conn.sock, args.direction == DIR_EGRESS) {
         return 0;
     }
     if conn.ignore & IGNORE_SOCKET != 0 {

@@ -57,6 +57,16 @@ pub struct SslKey {
     pub ssl: u64,
 }
 
+/// Where an `SSL *` reads and writes: the fd, and the socket it was when bound (an `SSL *`
+/// freed and allocated again at the same address for another connection is then noticed).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Binding {
+    pub fd: i32,
+    pub _pad: u32,
+    pub sock: u64,
+}
+
 /// A call on an unbound `SSL *` that returned: the thread's next socket write binds it.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -71,7 +81,7 @@ static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(16_384, 0);
 
 /// `SSL *` → fd. LRU: an `SSL *` freed without the agent knowing ages out.
 #[map]
-static TLS_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65_536, 0);
+static TLS_FDS: LruHashMap<SslKey, Binding> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Threads whose last SSL call was on an unbound `SSL *`, by pid_tgid.
 #[map]
@@ -84,12 +94,13 @@ fn now() -> u64 {
 }
 
 #[inline(always)]
-fn bind(tgid: u32, ssl: u64, fd: i32) {
+fn bind(tgid: u32, ssl: u64, fd: i32, sock: u64) {
     let key = SslKey {
         tgid: tgid as u64,
         ssl,
     };
-    let _ = TLS_FDS.insert(key, fd, 0);
+    let binding = Binding { fd, _pad: 0, sock };
+    let _ = TLS_FDS.insert(key, binding, 0);
 }
 
 #[inline(always)]
@@ -107,11 +118,11 @@ fn is_bound(tgid: u32, ssl: u64) -> bool {
 /// the thread is working on to `fd`; returns true when the syscall ran inside an SSL read or
 /// write, whose bytes are ciphertext the TLS probes report in the clear.
 #[inline(always)]
-pub fn on_socket_syscall(pid_tgid: u64, fd: i32, egress: bool) -> bool {
+pub fn on_socket_syscall(pid_tgid: u64, fd: i32, sock: u64, egress: bool) -> bool {
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: plain-old-data value copied out immediately.
     if let Some(call) = unsafe { TLS_CALLS.get(pid_tgid) }.copied() {
-        bind(tgid, call.ssl, fd);
+        bind(tgid, call.ssl, fd, sock);
         return call.func != tls_fn::HANDSHAKE;
     }
     if egress {
@@ -119,11 +130,28 @@ pub fn on_socket_syscall(pid_tgid: u64, fd: i32, egress: bool) -> bool {
         if let Some(p) = unsafe { TLS_PENDING.get(pid_tgid) }.copied() {
             let _ = TLS_PENDING.remove(pid_tgid);
             if now().saturating_sub(p.at_ns) < BIND_WINDOW_NS && !is_bound(tgid, p.ssl) {
-                bind(tgid, p.ssl, fd);
+                bind(tgid, p.ssl, fd, sock);
             }
         }
     }
     false
+}
+
+/// Whether `fd` still holds the TCP socket `sock`. Not inlined: its lookup gets a stack frame
+/// of its own, outside the return probe's (which holds a whole record header).
+#[inline(never)]
+fn still_bound(tgid: u32, fd: i32, sock: u64) -> bool {
+    match lookup(tgid, fd) {
+        Some(c) => c.is_tcp != 0 && c.sock == sock,
+        None => false,
+    }
+}
+
+/// The thread's next socket write binds `ssl` (when it is still unbound then).
+#[inline(always)]
+fn pending(pid_tgid: u64, ssl: u64) {
+    let p = PendingBind { ssl, at_ns: now() };
+    let _ = TLS_PENDING.insert(pid_tgid, p, 0);
 }
 
 /// Entry of every probed SSL function; the attach cookie says which one.
@@ -169,16 +197,26 @@ pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
         tgid: tgid as u64,
         ssl: call.ssl,
     };
-    // A plain i32 with -1 for "unbound", not an Option: LLVM leaves the payload of a None
+    // A binding with fd -1 for "unbound", not an Option: LLVM leaves the payload of a None
     // undefined, and the verifier rejects a program that so much as copies an unset register.
+    let unbound = Binding {
+        fd: -1,
+        _pad: 0,
+        sock: 0,
+    };
     // SAFETY: plain-old-data value copied out immediately.
-    let fd: i32 = unsafe { TLS_FDS.get(key) }.copied().unwrap_or(-1);
+    let binding = unsafe { TLS_FDS.get(key) }.copied().unwrap_or(unbound);
+    // Checked on every call, handshakes included: an `SSL *` freed and allocated again at the
+    // same address for a new connection finds its fd closed or holding another socket, and is
+    // bound afresh by the handshake's first write, before any application data.
+    let fd = if binding.fd >= 0 && !still_bound(tgid, binding.fd, binding.sock) {
+        let _ = TLS_FDS.remove(key);
+        -1
+    } else {
+        binding.fd
+    };
     if fd < 0 {
-        let pending = PendingBind {
-            ssl: call.ssl,
-            at_ns: now(),
-        };
-        let _ = TLS_PENDING.insert(pid_tgid, pending, 0);
+        pending(pid_tgid, call.ssl);
     }
     let ret: i64 = ctx.ret::<i32>() as i64;
     let moved = match func {
@@ -205,9 +243,6 @@ pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
         count(counter::LOST_FD_LOOKUP);
         return 0;
     };
-    if conn.is_tcp == 0 {
-        return 0;
-    }
     if conn.ignore & IGNORE_TLS != 0 {
         count(counter::SKIPPED_IGNORED);
         return 0;

@@ -2,10 +2,12 @@
 //
 //     node node_https.js server PORT CERT KEY
 //     node node_https.js client PORT CERT PATH...
+//     node node_https.js fresh-client PORT CERT PATH...
 //
 // The server answers /missing with 404, anything else with 200. The client waits for a line on
-// stdin, then requests each path in turn on one keep-alive connection, prints one JSON line per
-// response and "done".
+// stdin, then requests each path in turn on one keep-alive connection (fresh-client: a new TLS
+// connection for each, so freed SSL objects are reused), prints one JSON line per response and
+// "done".
 const https = require('https');
 const fs = require('fs');
 const [mode, portArg, cert, ...rest] = process.argv.slice(2);
@@ -19,7 +21,8 @@ if (mode === 'server') {
 } else {
   console.log('ready');
   process.stdin.once('data', async () => {
-    const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: fs.readFileSync(cert) });
+    const keepAlive = mode !== 'fresh-client';
+    const agent = new https.Agent({ keepAlive, maxSockets: 1, ca: fs.readFileSync(cert) });
     for (const path of rest) {
       await new Promise((resolve, reject) => {
         const options = { host: '127.0.0.1', servername: 'localhost', port, path, agent,

@@ -341,3 +341,58 @@ fn node_https_pair_with_memory_bios() {
         );
     }
 }
+
+#[test]
+fn node_https_new_connection_per_request() {
+    // Each request on its own TLS connection: OpenSSL objects are freed and allocated again,
+    // often at the same address; each must be tied to its own connection.
+    let cert = Cert::new();
+    let port = free_port();
+    let server = Proc::spawn(
+        Command::new("node")
+            .arg(peer("node_https.js"))
+            .args(["server", &port.to_string()])
+            .arg(&cert.cert)
+            .arg(&cert.key),
+    );
+    wait_ready(&server, "node https server");
+    let paths = ["/a", "/b", "/c", "/d", "/e"];
+    let mut client = Proc::spawn(
+        Command::new("node")
+            .arg(peer("node_https.js"))
+            .args(["fresh-client", &port.to_string()])
+            .arg(&cert.cert)
+            .args(paths),
+    );
+    wait_ready(&client, "node https client");
+    let rx = Receiver::grpc();
+    let agent = agent_for(&[server.pid(), client.pid()], &rx);
+    agent.wait_log(&["probing TLS library", &format!("pid={}", client.pid())]);
+    client.send_line("go");
+    assert!(
+        client.wait(Duration::from_secs(30)).success(),
+        "{:?}",
+        client.stderr.get()
+    );
+    let spans = settle(&rx, 10);
+    agent.stop();
+    assert_eq!(spans.len(), 10, "{spans:#?}");
+    let mut ports = std::collections::HashSet::new();
+    for path in paths {
+        let server_span = one(&spans, SERVER, "node", path);
+        let client_span = one(&spans, CLIENT, "node", path);
+        check_tls(server_span);
+        check_tls(client_span);
+        assert_eq!(
+            server_span.parent_hex(),
+            client_span.span_hex(),
+            "{path}: linked"
+        );
+        ports.insert(client_span.attr("client.port").map(str::to_string));
+    }
+    assert_eq!(
+        ports.len(),
+        paths.len(),
+        "one connection per request: {spans:#?}"
+    );
+}
