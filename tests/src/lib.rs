@@ -204,6 +204,21 @@ impl Agent {
         }
     }
 
+    /// The agent tracing `pids`, exporting to `rx` with a short batch delay.
+    pub fn tracing(pids: &[u32], rx: &receiver::Receiver) -> Agent {
+        let mut args: Vec<String> = pids
+            .iter()
+            .flat_map(|p| ["--pid".to_string(), p.to_string()])
+            .collect();
+        args.extend([
+            "--otlp-endpoint".into(),
+            rx.endpoint.clone(),
+            "--otlp-protocol".into(),
+            rx.protocol.into(),
+        ]);
+        Agent::start(&args, &[("OTEL_BSP_SCHEDULE_DELAY", "200")])
+    }
+
     /// Waits until the agent logs a line containing every one of `needles`.
     pub fn wait_log(&self, needles: &[&str]) {
         eventually(Duration::from_secs(20), || {

@@ -132,6 +132,16 @@ impl TraceService for Grpc {
 }
 
 impl Receiver {
+    /// Waits for `n` spans, then a little longer so that extra spans would show.
+    pub fn settle(&self, n: usize) -> Vec<RecvSpan> {
+        crate::eventually(std::time::Duration::from_secs(20), || {
+            (self.spans().len() >= n).then_some(())
+        })
+        .unwrap_or_else(|| panic!("expected {n} spans, got {:#?}", self.spans()));
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        self.spans()
+    }
+
     /// Starts an OTLP/gRPC receiver on a free loopback port.
     pub fn grpc() -> Self {
         let spans = Arc::new(Mutex::new(Vec::new()));

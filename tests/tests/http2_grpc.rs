@@ -14,29 +14,6 @@ const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
 const ERROR: i32 = 2;
 
-fn agent_for(pids: &[u32], rx: &Receiver) -> Agent {
-    let mut args: Vec<String> = pids
-        .iter()
-        .flat_map(|p| ["--pid".to_string(), p.to_string()])
-        .collect();
-    args.extend([
-        "--otlp-endpoint".into(),
-        rx.endpoint.clone(),
-        "--otlp-protocol".into(),
-        rx.protocol.into(),
-    ]);
-    Agent::start(&args, &[("OTEL_BSP_SCHEDULE_DELAY", "200")])
-}
-
-fn settle(rx: &Receiver, n: usize) -> Vec<RecvSpan> {
-    eventually(Duration::from_secs(20), || {
-        (rx.spans().len() >= n).then_some(())
-    })
-    .unwrap_or_else(|| panic!("expected {n} spans: {:#?}", rx.spans()));
-    std::thread::sleep(Duration::from_millis(500));
-    rx.spans()
-}
-
 fn find<'a>(spans: &'a [RecvSpan], kind: i32, name: &str) -> &'a RecvSpan {
     let found: Vec<_> = spans
         .iter()
@@ -69,7 +46,7 @@ fn grpc_unary_ok_and_not_found_with_metadata_context() {
     );
     wait_ready(&client, "gRPC client");
     let rx = Receiver::grpc();
-    let agent = agent_for(&[server.pid(), client.pid()], &rx);
+    let agent = Agent::tracing(&[server.pid(), client.pid()], &rx);
     client.send_line("go");
     assert!(
         client.wait(Duration::from_secs(30)).success(),
@@ -84,7 +61,7 @@ fn grpc_unary_ok_and_not_found_with_metadata_context() {
         .collect();
     assert_eq!(codes.len(), 2, "{codes:?}");
     assert!(codes[1].contains("NOT_FOUND"));
-    let spans = settle(&rx, 4);
+    let spans = rx.settle(4);
     agent.stop();
     assert_eq!(spans.len(), 4, "{spans:#?}");
     for s in &spans {
@@ -141,14 +118,14 @@ fn h2c_prior_knowledge_node_pair_with_multiplexed_streams() {
     ]));
     wait_ready(&client, "node h2 client");
     let rx = Receiver::http();
-    let agent = agent_for(&[server.pid(), client.pid()], &rx);
+    let agent = Agent::tracing(&[server.pid(), client.pid()], &rx);
     client.send_line("go");
     assert!(
         client.wait(Duration::from_secs(30)).success(),
         "{:?}",
         client.stderr.get()
     );
-    let spans = settle(&rx, 6);
+    let spans = rx.settle(6);
     agent.stop();
     assert_eq!(spans.len(), 6, "{spans:#?}");
     for path in ["/hello", "/missing", "/items"] {
@@ -196,7 +173,7 @@ fn h2c_upgrade_and_prior_knowledge_with_curl_and_hypercorn() {
     );
     agent_e2e::wait_port(port);
     let rx = Receiver::grpc();
-    let agent = agent_for(&[server.pid()], &rx);
+    let agent = Agent::tracing(&[server.pid()], &rx);
     let curl = |flag: &str, path: &str| {
         let out = Command::new("curl")
             .args(["-s", flag, &format!("http://127.0.0.1:{port}{path}")])
@@ -206,7 +183,7 @@ fn h2c_upgrade_and_prior_knowledge_with_curl_and_hypercorn() {
     };
     assert_eq!(curl("--http2", "/up"), "hello over 2");
     assert_eq!(curl("--http2-prior-knowledge", "/pk"), "hello over 2");
-    let spans = settle(&rx, 2);
+    let spans = rx.settle(2);
     agent.stop();
     assert_eq!(spans.len(), 2, "{spans:#?}");
     let up = spans
@@ -247,7 +224,7 @@ fn unrecognized_protocol_stops_being_shipped() {
     let mut app = Proc::spawn(Command::new("python3").args(["-c", &script]));
     wait_ready(&app, "binary echo");
     let rx = Receiver::grpc();
-    let agent = agent_for(&[app.pid()], &rx);
+    let agent = Agent::tracing(&[app.pid()], &rx);
     app.send_line("go");
     eventually(Duration::from_secs(20), || {
         app.stdout.get().iter().any(|l| l == "done").then_some(())

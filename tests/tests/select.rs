@@ -94,16 +94,6 @@ fn hello(port: u16, tag: &str) {
     assert_eq!(call.status, 200, "request to {port}");
 }
 
-/// Waits for `n` spans, then a little longer so that extra spans would show.
-fn settle(rx: &Receiver, n: usize) -> Vec<RecvSpan> {
-    eventually(Duration::from_secs(20), || {
-        (rx.spans().len() >= n).then_some(())
-    })
-    .unwrap_or_else(|| panic!("expected {n} spans, got {:#?}", rx.spans()));
-    std::thread::sleep(Duration::from_millis(800));
-    rx.spans()
-}
-
 fn servers(spans: &[RecvSpan]) -> BTreeSet<String> {
     spans
         .iter()
@@ -141,7 +131,7 @@ fn exe_selection_before_and_after_start_with_exclusion_and_config_file() {
     for (i, p) in [p1, p2, p3, p4].into_iter().enumerate() {
         hello(p, &format!("i={i}"));
     }
-    let spans = settle(&rx, 2);
+    let spans = rx.settle(2);
     let (_, stderr) = agent.stop();
     assert_eq!(spans.len(), 2, "{spans:#?}");
     assert_eq!(
@@ -183,7 +173,7 @@ fn port_selection_listeners_and_connectors() {
         hello(p, &format!("i={i}"));
     }
     // SERVER spans of the two listeners, CLIENT spans of the curl processes that connected.
-    let spans = settle(&rx, 4);
+    let spans = rx.settle(4);
     let (_, stderr) = agent.stop();
     assert_eq!(spans.len(), 4, "{spans:#?}");
     assert_eq!(
@@ -248,7 +238,7 @@ fn forking_servers_children_are_traced_and_exits_end_connections() {
     for i in 0..3 {
         hello(per_port, &format!("per={i}"));
     }
-    let spans = settle(&rx, 9);
+    let spans = rx.settle(9);
     // Every connection ended: the per-request children exited without closing theirs.
     let metrics = eventually(Duration::from_secs(10), || {
         let (_, body) = agent_e2e::http_get("127.0.0.1", admin, "/metrics", &[]);
@@ -336,7 +326,7 @@ fn service_names_from_the_process_environment() {
     for p in [a, b, c] {
         hello(p, "n=1");
     }
-    let spans = settle(&rx, 3);
+    let spans = rx.settle(3);
     agent.stop();
     let by_port = |p: u16| {
         spans
@@ -377,7 +367,7 @@ fn container_selection_before_and_after_start() {
     for p in [a, b, c] {
         hello(p, "c=1");
     }
-    let spans = settle(&rx, 2);
+    let spans = rx.settle(2);
     let (_, stderr) = agent.stop();
     assert_eq!(spans.len(), 2, "{spans:#?}");
     assert_eq!(
@@ -413,7 +403,7 @@ fn all_with_exclusions() {
     ));
     hello(shop, "a=1");
     hello(billing, "a=2");
-    settle(&rx, 1);
+    rx.settle(1);
     agent.stop();
     let spans = rx.spans();
     let to_billing: Vec<_> = spans
@@ -510,7 +500,7 @@ fn kubernetes_metadata_from_the_api() {
     .unwrap_or_else(|| panic!("pods never listed: {:#?}", agent.proc.stderr.get()));
     hello(a, "k=1");
     hello(b, "k=2");
-    let spans = settle(&rx, 2);
+    let spans = rx.settle(2);
     agent.stop();
     assert_eq!(spans.len(), 2);
     let requests = api.stdout.get().join("\n");
@@ -569,7 +559,7 @@ fn kubernetes_rbac_denied_degrades_with_a_warning() {
         ]),
     ));
     hello(a, "k=1");
-    let spans = settle(&rx, 1);
+    let spans = rx.settle(1);
     let (_, stderr) = agent.stop();
     let warning = stderr
         .iter()

@@ -17,30 +17,6 @@ const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
 const ERROR: i32 = 2;
 
-fn agent_for(pids: &[u32], rx: &Receiver) -> Agent {
-    let mut args: Vec<String> = pids
-        .iter()
-        .flat_map(|p| ["--pid".to_string(), p.to_string()])
-        .collect();
-    args.extend([
-        "--otlp-endpoint".into(),
-        rx.endpoint.clone(),
-        "--otlp-protocol".into(),
-        rx.protocol.into(),
-    ]);
-    Agent::start(&args, &[("OTEL_BSP_SCHEDULE_DELAY", "200")])
-}
-
-/// Waits for `n` spans, then a little more to catch any extra one.
-fn settle(rx: &Receiver, n: usize) -> Vec<RecvSpan> {
-    eventually(Duration::from_secs(20), || {
-        (rx.spans().len() >= n).then_some(())
-    })
-    .unwrap_or_else(|| panic!("expected {n} spans: {:#?}", rx.spans()));
-    std::thread::sleep(Duration::from_millis(800));
-    rx.spans()
-}
-
 fn one<'a>(spans: &'a [RecvSpan], kind: i32, service: &str, path: &str) -> &'a RecvSpan {
     let found: Vec<_> = spans
         .iter()
@@ -85,7 +61,7 @@ fn python_chain_over_tls_loaded_after_the_agent_started() {
     let mut front = python_service(front_port, &cert, &extra, "storefront");
     wait_ready_line(&front, "waiting");
     let rx = Receiver::grpc();
-    let agent = agent_for(&[front.pid(), back.pid()], &rx);
+    let agent = Agent::tracing(&[front.pid(), back.pid()], &rx);
     // Only now does the front service load libssl (dlopen of Python's _ssl module).
     front.send_line("go");
     wait_ready(&front, "front service");
@@ -96,7 +72,7 @@ fn python_chain_over_tls_loaded_after_the_agent_started() {
         let call = curl(&url(path), &["--cacert", &ca]);
         assert_eq!(call.status, status, "{path}");
     }
-    let spans = settle(&rx, 9);
+    let spans = rx.settle(9);
     let (_, stderr) = agent.stop();
     assert_eq!(
         spans.len(),
@@ -159,7 +135,7 @@ fn nginx_over_tls_with_curl() {
     let cert = Cert::new();
     let nginx = Nginx::start_tls(&cert);
     let rx = Receiver::http();
-    let agent = agent_for(&[nginx.server.pid()], &rx);
+    let agent = Agent::tracing(&[nginx.server.pid()], &rx);
     // The worker (a child of the master) maps libssl: it is probed as a traced descendant.
     agent.wait_log(&["probing TLS library", "libssl"]);
     let ca = cert.cert.to_string_lossy().into_owned();
@@ -170,7 +146,7 @@ fn nginx_over_tls_with_curl() {
     assert_eq!(get("/index.html", "--http2").status, 200);
     assert_eq!(get("/missing", "--http2").status, 404);
     assert_eq!(get("/index.html", "--http1.1").status, 200);
-    let spans = settle(&rx, 3);
+    let spans = rx.settle(3);
     agent.stop();
     assert_eq!(spans.len(), 3, "one span per request: {spans:#?}");
     for s in &spans {
@@ -258,7 +234,7 @@ fn openssl_s_server_and_s_client() {
             .then_some(())
     })
     .expect("the response went through");
-    let spans = settle(&rx, 2);
+    let spans = rx.settle(2);
     agent.stop();
     assert_eq!(spans.len(), 2, "{spans:#?}");
     let server_span = spans
@@ -305,7 +281,7 @@ fn node_https_pair_with_memory_bios() {
     );
     wait_ready(&client, "node https client");
     let rx = Receiver::http();
-    let agent = agent_for(&[server.pid(), client.pid()], &rx);
+    let agent = Agent::tracing(&[server.pid(), client.pid()], &rx);
     agent.wait_log(&["probing TLS library", &format!("pid={}", client.pid())]);
     client.send_line("go");
     assert!(
@@ -313,7 +289,7 @@ fn node_https_pair_with_memory_bios() {
         "{:?}",
         client.stderr.get()
     );
-    let spans = settle(&rx, 6);
+    let spans = rx.settle(6);
     agent.stop();
     assert_eq!(spans.len(), 6, "{spans:#?}");
     for path in ["/hello", "/missing", "/items"] {
@@ -366,7 +342,7 @@ fn node_https_new_connection_per_request() {
     );
     wait_ready(&client, "node https client");
     let rx = Receiver::grpc();
-    let agent = agent_for(&[server.pid(), client.pid()], &rx);
+    let agent = Agent::tracing(&[server.pid(), client.pid()], &rx);
     agent.wait_log(&["probing TLS library", &format!("pid={}", client.pid())]);
     client.send_line("go");
     assert!(
@@ -374,7 +350,7 @@ fn node_https_new_connection_per_request() {
         "{:?}",
         client.stderr.get()
     );
-    let spans = settle(&rx, 10);
+    let spans = rx.settle(10);
     agent.stop();
     assert_eq!(spans.len(), 10, "{spans:#?}");
     let mut ports = std::collections::HashSet::new();
