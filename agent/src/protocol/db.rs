@@ -1,7 +1,21 @@
 //! A database or cache operation as PostgreSQL, MySQL and Redis parsers report it: what was
 //! asked (reduced, never with literal values), of which database, and how it ended.
 
-use crate::conn::SyscallTime;
+use super::{Record, Start};
+use crate::{conn::SyscallTime, trace::propagation::Extracted};
+
+/// The record of a database or cache call whose request's first byte was written at `first`:
+/// no trace context travels in these protocols, and the calling thread waits for the answer
+/// (thread-affine), so the call is linked under what that thread serves.
+pub fn started(id: u64, first: SyscallTime) -> Record {
+    Record::Started(Start {
+        id,
+        first,
+        context: Extracted::None,
+        fingerprint: 0,
+        thread_affine: true,
+    })
+}
 
 /// `db.system.name`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,15 +12,14 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::{
-    Exchange, Record, Start,
-    db::{DbError, Operation, System},
+    Exchange, Record,
+    db::{self, DbError, Operation, System},
     sql::{self, Dialect},
     wire::{self, Msg},
 };
 use crate::{
     conn::{Stream, SyscallTime},
     stats::Stats,
-    trace::propagation::Extracted,
 };
 
 const COM_QUIT: u8 = 0x01;
@@ -295,13 +294,7 @@ impl Mysql {
     ) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        out.push(Record::Started(Start {
-            id,
-            first,
-            context: Extracted::None,
-            fingerprint: 0,
-            thread_affine: true,
-        }));
+        out.push(db::started(id, first));
         self.units.insert(
             id,
             Unit {

@@ -13,15 +13,14 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::{
-    Exchange, Record, Start,
-    db::{DbError, Operation, System},
+    Exchange, Record,
+    db::{self, DbError, Operation, System},
     sql::{self, Dialect},
     wire::{self, Msg, cstr},
 };
 use crate::{
     conn::{Stream, SyscallTime},
     stats::Stats,
-    trace::propagation::Extracted,
 };
 
 const PROTOCOL_3: u32 = 196_608;
@@ -336,13 +335,7 @@ impl Postgres {
         first: SyscallTime,
         out: &mut Vec<Record>,
     ) {
-        out.push(Record::Started(Start {
-            id,
-            first,
-            context: Extracted::None,
-            fingerprint: 0,
-            thread_affine: true,
-        }));
+        out.push(db::started(id, first));
         self.units.insert(
             id,
             Unit {

@@ -12,13 +12,12 @@
 use std::collections::VecDeque;
 
 use super::{
-    Exchange, Record, Start,
-    db::{DbError, Operation, System},
+    Exchange, Record,
+    db::{self, DbError, Operation, System},
 };
 use crate::{
     conn::{Stream, SyscallTime},
     stats::Stats,
-    trace::propagation::Extracted,
 };
 
 /// Deepest nesting of aggregates followed.
@@ -325,13 +324,7 @@ impl Redis {
         }
         let id = self.next_id;
         self.next_id += 1;
-        out.push(Record::Started(Start {
-            id,
-            first,
-            context: Extracted::None,
-            fingerprint: 0,
-            thread_affine: true,
-        }));
+        out.push(db::started(id, first));
         let select = (name == "SELECT").then(|| arg.unwrap_or_default());
         let subscribes = matches!(
             name.as_str(),
