@@ -1,65 +1,46 @@
 //! The agent's own HTTP endpoint (`--prometheus-port`): `/metrics` in the Prometheus text
-//! format (the agent's health counters: events lost by reason, spans dropped, parse failures,
-//! queue depths), `/healthz` (the process answers) and `/readyz` (programs attached and
+//! format (RED metrics and the service graph of the traced services, and the agent's health
+//! counters: events lost by reason, spans dropped, parse failures, queue depths), `/healthz` (the process answers) and `/readyz` (programs attached and
 //! processes selected). The Kubernetes DaemonSet probes the last two.
 
-use std::{convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc};
+use std::{fmt::Write as _, net::SocketAddr, sync::Arc};
 
 use anyhow::{Context as _, Result};
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
-use tracing::debug;
 
-use crate::stats::Stats;
+use crate::{
+    metrics::{Metrics, prometheus},
+    stats::Stats,
+    web,
+};
 
 /// Binds the endpoint (all interfaces, so that Prometheus and the kubelet reach it) and serves
 /// it until the agent exits.
-pub async fn serve(port: u16, stats: Arc<Stats>) -> Result<SocketAddr> {
+pub async fn serve(port: u16, stats: Arc<Stats>, metrics: Arc<Metrics>) -> Result<SocketAddr> {
     let listener = TcpListener::bind(("::", port))
         .await
         .or(TcpListener::bind(("0.0.0.0", port)).await)
         .with_context(|| format!("cannot listen on port {port} for /metrics"))?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let stats = stats.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let stats = stats.clone();
-                    async move { Ok::<_, Infallible>(respond(&req, &stats)) }
-                });
-                if let Err(err) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    debug!(%err, "admin connection");
-                }
-            });
-        }
-    });
+    web::spawn(
+        listener,
+        "admin",
+        Arc::new(move |req| respond(req, &stats, &metrics)),
+    );
     Ok(addr)
 }
 
-fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    if let Ok(v) = content_type.parse() {
-        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-    }
-    r
+fn text(status: StatusCode, content_type: &str, body: String) -> Response<web::Body> {
+    web::response(status, content_type, body)
 }
 
-fn respond<B>(req: &Request<B>, stats: &Stats) -> Response<Full<Bytes>> {
+fn respond<B>(req: &Request<B>, stats: &Stats, metrics: &Metrics) -> Response<web::Body> {
     match req.uri().path() {
         "/metrics" => text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            render(stats),
+            render(stats, metrics),
         ),
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" if stats.is_ready() => text(StatusCode::OK, "text/plain", "ready\n".into()),
@@ -72,9 +53,12 @@ fn respond<B>(req: &Request<B>, stats: &Stats) -> Response<Full<Bytes>> {
     }
 }
 
-/// The health counters in the Prometheus text format.
-pub fn render(stats: &Stats) -> String {
+/// The metrics and the health counters in the Prometheus text format.
+pub fn render(stats: &Stats, metrics: &Metrics) -> String {
     let mut out = String::new();
+    let snap = metrics.snapshot();
+    prometheus::render(&snap, &mut out);
+    prometheus::render_health(&snap, &mut out);
     let _ = writeln!(
         out,
         "# HELP agent_kernel_events_total Kernel records by outcome: sent, or lost and why.\n\
@@ -106,7 +90,8 @@ mod tests {
     async fn serves_metrics_and_probes() {
         let stats = Arc::new(Stats::default());
         stats.inc(&stats.spans_dropped_queue);
-        let addr = serve(0, stats.clone()).await.unwrap();
+        let metrics = Arc::new(Metrics::new(10, None));
+        let addr = serve(0, stats.clone(), metrics).await.unwrap();
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(("127.0.0.1", addr.port()))
                 .await

@@ -82,6 +82,22 @@ pub struct Args {
     #[arg(long, value_name = "PORT")]
     pub prometheus_port: Option<u16>,
 
+    /// Serve the local web view on this address, e.g. 127.0.0.1:8090: the live service map,
+    /// the slowest and failed recent traces, and their waterfalls. Needs no backend.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub ui: Option<std::net::SocketAddr>,
+
+    /// Most metric series per family (RED, service graph); measurements for new label
+    /// combinations past it go to an overflow series, and are counted [default: 2000].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub metric_series_limit: Option<u32>,
+
+    /// An http.route pattern for SERVER spans and metrics, e.g. '/users/{name}' ({x} is one
+    /// path segment, a final '*' the rest); tried in order before the built-in reduction of
+    /// ids to {id}. Repeat for several.
+    #[arg(long = "route", value_name = "PATTERN")]
+    pub routes: Vec<String>,
+
     /// Kubernetes metadata (k8s.* attributes, service names from pod labels and workloads):
     /// auto (in a cluster, or with --kubeconfig), on, off [default: auto].
     #[arg(long, value_enum)]

@@ -13,6 +13,11 @@
 //! otlp_endpoint: http://otel-collector:4317
 //! otlp_protocol: grpc
 //! prometheus_port: 9400
+//! ui: 127.0.0.1:8090
+//! metric_series_limit: 2000
+//! routes:            # http.route patterns, tried before the {id} reduction
+//!   - /users/{name}
+//!   - /static/*
 //! kubernetes: auto
 //! capture_bytes: 4096
 //! ring_buffer_mib: 16
@@ -29,6 +34,7 @@ use crate::{
     cli::{self, Args, Format},
     k8s,
     select::{ExeGlob, Selection, Selector},
+    trace::route::Routes,
 };
 
 /// One selector as written in the file.
@@ -57,6 +63,10 @@ pub struct File {
     pub capture_bytes: Option<u32>,
     pub ring_buffer_mib: Option<u32>,
     pub prometheus_port: Option<u16>,
+    pub ui: Option<std::net::SocketAddr>,
+    pub metric_series_limit: Option<u32>,
+    #[serde(default)]
+    pub routes: Vec<String>,
     pub kubernetes: Option<k8s::Mode>,
     pub kubeconfig: Option<PathBuf>,
     pub node_name: Option<String>,
@@ -89,6 +99,9 @@ pub struct Config {
     pub capture_bytes: u32,
     pub ring_buffer_mib: u32,
     pub prometheus_port: Option<u16>,
+    pub ui: Option<std::net::SocketAddr>,
+    pub metric_series_limit: usize,
+    pub routes: Routes,
     pub kubernetes: k8s::Options,
     pub btf: PathBuf,
     pub log: String,
@@ -128,6 +141,21 @@ fn selectors(
     Ok(out)
 }
 
+/// `OTEL_METRICS_EXPORTER=prometheus` asks for the Prometheus endpoint, on
+/// `OTEL_EXPORTER_PROMETHEUS_PORT` or the specification's default, 9464.
+fn prometheus_from_env() -> Option<u16> {
+    let exporters = std::env::var("OTEL_METRICS_EXPORTER").ok()?;
+    exporters
+        .split(',')
+        .any(|e| e.trim() == "prometheus")
+        .then(|| {
+            std::env::var("OTEL_EXPORTER_PROMETHEUS_PORT")
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(9464)
+        })
+}
+
 impl Config {
     /// Flags over the file (read when `--config` is given).
     pub fn resolve(args: Args) -> Result<Self> {
@@ -165,14 +193,26 @@ impl Config {
         let ring_buffer_mib =
             cli::check_ring_size(args.ring_buffer_mib.or(file.ring_buffer_mib).unwrap_or(16))
                 .map_err(anyhow::Error::msg)?;
+        // Flags first: they are tried before the file's patterns.
+        let route_texts: Vec<String> = args.routes.into_iter().chain(file.routes).collect();
+        let routes = Routes::parse(&route_texts).context("invalid --route")?;
         Ok(Config {
             selection,
+            routes,
             otlp_endpoint: args.otlp_endpoint.or(file.otlp_endpoint),
             otlp_protocol: args.otlp_protocol.or(file.otlp_protocol),
             format: args.format.or(file.format).unwrap_or(Format::Text),
             capture_bytes,
             ring_buffer_mib,
-            prometheus_port: args.prometheus_port.or(file.prometheus_port),
+            prometheus_port: args
+                .prometheus_port
+                .or(file.prometheus_port)
+                .or_else(prometheus_from_env),
+            ui: args.ui.or(file.ui),
+            metric_series_limit: args
+                .metric_series_limit
+                .or(file.metric_series_limit)
+                .map_or(crate::metrics::DEFAULT_SERIES_LIMIT, |n| n.max(1) as usize),
             kubernetes: k8s::Options {
                 mode: args
                     .kubernetes
@@ -205,6 +245,8 @@ exclude:
   - exe: "/usr/sbin/sshd"
 otlp_endpoint: http://collector:4317
 prometheus_port: 9400
+routes:
+  - /users/{name}
 kubernetes: "off"
 capture_bytes: 1024
 format: json
@@ -229,6 +271,7 @@ format: json
         assert_eq!(c.capture_bytes, 512, "the flag wins");
         assert_eq!(c.format, Format::Json);
         assert_eq!(c.prometheus_port, Some(9400));
+        assert_eq!(c.routes.route("/users/bob"), "/users/{name}");
         assert_eq!(c.kubernetes.mode, k8s::Mode::Off);
         assert_eq!(c.otlp_endpoint.as_deref(), Some("http://collector:4317"));
         assert_eq!(c.ring_buffer_mib, 16);
@@ -257,6 +300,19 @@ format: json
         )
         .unwrap_err();
         assert!(format!("{big}").contains("capture_bytes"));
+        let route = Config::merge(
+            Args {
+                all: true,
+                routes: vec!["users/{id}".into()],
+                ..Args::default()
+            },
+            File::default(),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{route:#}").contains("must start with '/'"),
+            "{route:#}"
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! [`loader`] → [`capture`] → [`conn`] → [`protocol`] → [`trace`] → [`export`], wired by
 //! [`pipeline`]; beside it [`select`] (which processes), [`process`] and [`k8s`] (what they are
 //! called), [`config`] and [`cli`] (settings), [`admin`] (the agent's own HTTP endpoint).
+//! Spans also feed [`metrics`] (RED metrics, the service graph) and the [`ui`] web view, both
+//! served by [`web`].
 //! See docs/ARCHITECTURE.md.
 
 pub mod admin;
@@ -15,6 +17,7 @@ pub mod elf;
 pub mod export;
 pub mod k8s;
 pub mod loader;
+pub mod metrics;
 pub mod pipeline;
 pub mod process;
 pub mod protocol;
@@ -22,3 +25,5 @@ pub mod select;
 pub mod stats;
 pub mod tls;
 pub mod trace;
+pub mod ui;
+pub mod web;

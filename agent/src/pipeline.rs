@@ -8,7 +8,10 @@
 //! events), the ring buffer is drained, every connection is closed (completing what can be
 //! completed), and the exporter flushes before the agent exits 0.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail};
 use tokio::{
@@ -26,6 +29,7 @@ use crate::{
     conn::{ConnRecord, ConnTable, Limits},
     export::{self, Sink, otlp, stdout},
     k8s, loader,
+    metrics::{self, Metrics},
     process::Processes,
     select::{
         Selector, Tracker,
@@ -34,6 +38,7 @@ use crate::{
     stats::{self, Stats},
     tls,
     trace::{Linker, Span, sampler::Sampler},
+    ui,
 };
 
 /// Events queued between capture and the process loop.
@@ -112,14 +117,43 @@ fn log_change(change: &Change, processes: &mut Processes) {
     }
 }
 
+/// The metrics aggregation, with OTLP metrics when an endpoint is configured for them.
+fn metrics(config: &Config) -> Result<(Arc<Metrics>, Option<metrics::otlp::Export>)> {
+    let export = metrics::otlp::Config::from_env(
+        config.otlp_endpoint.as_deref(),
+        config.otlp_protocol.as_deref(),
+    )?
+    .map(metrics::otlp::Export::start)
+    .transpose()?;
+    if let Some(e) = &export {
+        let c = e.config();
+        info!(
+            "exporting metrics over OTLP to {} every {:?}",
+            c.target.describe(),
+            c.interval
+        );
+    }
+    let recorder = export.as_ref().map(metrics::otlp::Export::recorder);
+    Ok((
+        Arc::new(Metrics::new(config.metric_series_limit, recorder)),
+        export,
+    ))
+}
+
 /// Runs the agent until a signal.
 pub async fn run(config: Config) -> Result<()> {
     check_pids(&config)?;
     let sink = sink(&config)?;
     let stats = Arc::new(Stats::default());
+    let (metrics, metrics_export) = metrics(&config)?;
     if let Some(port) = config.prometheus_port {
-        let addr = admin::serve(port, stats.clone()).await?;
+        let addr = admin::serve(port, stats.clone(), metrics.clone()).await?;
         info!("serving /metrics, /healthz and /readyz on {addr}");
+    }
+    let recent = config.ui.map(|_| Arc::new(ui::Recent::default()));
+    if let (Some(addr), Some(recent)) = (config.ui, &recent) {
+        let addr = ui::serve(addr, metrics.clone(), recent.clone()).await?;
+        info!("web view (service map, recent traces) on http://{addr}/");
     }
 
     loader::check_privileges()?;
@@ -171,17 +205,25 @@ pub async fn run(config: Config) -> Result<()> {
         Stages {
             tracker,
             processes,
-            linker: Linker::new(sampler),
+            linker: Linker::new(sampler).with_routes(config.routes),
             conns,
             tls,
+            observers: Observers {
+                metrics: metrics.clone(),
+                recent,
+            },
         },
         stats.clone(),
     ));
     let export = tokio::spawn(export::run(sink, span_rx, stats.clone()));
+    let (metrics_stop_tx, metrics_stop_rx) = watch::channel(false);
+    let metrics_export =
+        metrics_export.map(|e| tokio::spawn(e.run(stats.clone(), metrics_stop_rx)));
 
     // Handlers first: a signal from now on means a clean stop.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
     stats.set_ready();
     info!("ready: tracing {description}");
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
@@ -191,6 +233,7 @@ pub async fn run(config: Config) -> Result<()> {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sigusr1.recv() => print_summary(&metrics),
             _ = refresh.tick() => {
                 if let Ok(k) = loader::sum_counters(&counter_map) {
                     stats.set_kernel(&k);
@@ -215,6 +258,14 @@ pub async fn run(config: Config) -> Result<()> {
     capture.await.context("capture task")??;
     process.await.context("process task")?;
     export.await.context("export task")??;
+    // Every span is measured: count the requests still waiting for their other half, then send
+    // the last metrics.
+    metrics.flush();
+    let _ = metrics_stop_tx.send(true);
+    if let Some(task) = metrics_export {
+        task.await.context("metrics export task")?;
+    }
+    print_summary(&metrics);
     // Read after the drain, so the totals are final (the counter map outlives the programs).
     if let Ok(k) = loader::sum_counters(&counter_map) {
         stats.set_kernel(&k);
@@ -231,6 +282,14 @@ pub async fn run(config: Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The service map as a table on stderr (stdout carries the spans when printing them).
+fn print_summary(metrics: &Metrics) {
+    let table = metrics::summary::table(&metrics.edges());
+    if !table.is_empty() {
+        eprint!("{table}");
+    }
 }
 
 fn log_losses(stats: &Stats) {
@@ -256,6 +315,22 @@ struct Stages {
     conns: loader::Conns,
     /// Probes TLS libraries as processes load them.
     tls: tls::Attacher,
+    observers: Observers,
+}
+
+/// What sees every span, sampled or not: the metrics, and the web view's recent traces.
+struct Observers {
+    metrics: Arc<Metrics>,
+    recent: Option<Arc<ui::Recent>>,
+}
+
+impl Observers {
+    fn observe(&self, span: &Span) {
+        self.metrics.observe(span, Instant::now());
+        if let Some(r) = &self.recent {
+            r.observe(span);
+        }
+    }
 }
 
 /// Selection, connection tracking, parsing, linking and span making: single-threaded, fed by
@@ -299,6 +374,7 @@ async fn process_loop(
             }
             _ = link_tick.tick() => {
                 st.linker.tick(clock::monotonic_ns(), &mut st.processes, &stats, &mut spans);
+                st.observers.metrics.tick(Instant::now());
                 stats.set(&stats.gauges.connections, table.len() as u64);
                 stats.set(&stats.gauges.requests_in_flight, st.linker.tracked() as u64);
                 stats.set(&stats.gauges.processes_traced, st.tracker.traced().count() as u64);
@@ -311,7 +387,7 @@ async fn process_loop(
         for rec in records.drain(..) {
             st.linker.record(rec, &mut st.processes, &stats, &mut spans);
         }
-        emit(&mut spans, &tx, &stats);
+        emit(&mut spans, &tx, &stats, &st.observers);
         for (key, bits) in table.take_ignored() {
             st.conns.ignore(key.tgid, key.fd, key.sock, bits);
         }
@@ -328,7 +404,7 @@ async fn process_loop(
     st.linker.flush(&mut st.processes, &stats, &mut spans);
     // At shutdown, wait for room rather than drop: these requests finished before the signal.
     for span in spans.drain(..) {
-        if let Some(span) = keep(span, &stats)
+        if let Some(span) = keep(span, &stats, &st.observers)
             && tx.send(span).await.is_err()
         {
             stats.inc(&stats.spans_dropped_queue);
@@ -371,9 +447,10 @@ fn on_process(
     }
 }
 
-/// Counts a span and applies the sampler's decision.
-fn keep(span: Span, stats: &Stats) -> Option<Span> {
+/// Counts and measures a span, then applies the sampler's decision.
+fn keep(span: Span, stats: &Stats, observers: &Observers) -> Option<Span> {
     stats.inc(&stats.spans_created);
+    observers.observe(&span);
     if span.sampled {
         Some(span)
     } else {
@@ -384,9 +461,9 @@ fn keep(span: Span, stats: &Stats) -> Option<Span> {
 
 /// Queues sampled spans for export; a full queue drops (and counts) rather than stall event
 /// processing.
-fn emit(spans: &mut Vec<Span>, tx: &mpsc::Sender<Span>, stats: &Stats) {
+fn emit(spans: &mut Vec<Span>, tx: &mpsc::Sender<Span>, stats: &Stats, observers: &Observers) {
     for span in spans.drain(..) {
-        if let Some(span) = keep(span, stats)
+        if let Some(span) = keep(span, stats, observers)
             && tx.try_send(span).is_err()
         {
             stats.inc(&stats.spans_dropped_queue);

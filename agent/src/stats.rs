@@ -99,6 +99,10 @@ counters! {
     spans_export_failed,
     /// Spans sent to the backend or printed.
     spans_exported,
+    /// OTLP metrics exports (one per resource per interval) the backend accepted.
+    metric_exports,
+    /// OTLP metrics exports that failed (the next export carries cumulative values again).
+    metric_exports_failed,
 }
 
 /// Current sizes of the agent's queues and tables.

@@ -3,6 +3,7 @@
 //! loads the agent's eBPF programs, and fail loudly when it does not.
 
 pub mod container;
+pub mod metrics;
 pub mod netns;
 pub mod receiver;
 pub mod servers;
@@ -171,6 +172,8 @@ impl Agent {
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
             .env_remove("OTEL_TRACES_EXPORTER")
+            .env_remove("OTEL_METRICS_EXPORTER")
+            .env_remove("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
             .env("AGENT_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);

@@ -11,6 +11,9 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
+    collector::metrics::v1::{
+        ExportMetricsServiceRequest, metrics_service_server::MetricsServiceServer,
+    },
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
         trace_service_server::{TraceService, TraceServiceServer},
@@ -18,6 +21,8 @@ use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, KeyValue, any_value},
 };
 use prost::Message as _;
+
+use crate::metrics::{self, RecvPoint};
 
 /// One received span, flattened for assertions.
 #[derive(Debug, Clone)]
@@ -73,7 +78,7 @@ fn value(v: &Option<AnyValue>) -> String {
     }
 }
 
-fn flatten(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+pub(crate) fn flatten(kvs: &[KeyValue]) -> BTreeMap<String, String> {
     kvs.iter()
         .map(|kv| (kv.key.clone(), value(&kv.value)))
         .collect()
@@ -114,6 +119,7 @@ pub struct Receiver {
     /// "grpc" or "http/protobuf".
     pub protocol: &'static str,
     spans: Arc<Mutex<Vec<RecvSpan>>>,
+    points: Arc<Mutex<Vec<RecvPoint>>>,
 }
 
 struct Grpc(Arc<Mutex<Vec<RecvSpan>>>);
@@ -145,6 +151,8 @@ impl Receiver {
     /// Starts an OTLP/gRPC receiver on a free loopback port.
     pub fn grpc() -> Self {
         let spans = Arc::new(Mutex::new(Vec::new()));
+        let points = Arc::new(Mutex::new(Vec::new()));
+        let metrics = MetricsServiceServer::new(metrics::Grpc(points.clone()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind receiver");
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
@@ -159,6 +167,7 @@ impl Receiver {
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
                 tonic::transport::Server::builder()
                     .add_service(service)
+                    .add_service(metrics)
                     .serve_with_incoming(incoming)
                     .await
                     .expect("grpc receiver");
@@ -168,26 +177,34 @@ impl Receiver {
             endpoint: format!("http://127.0.0.1:{port}"),
             protocol: "grpc",
             spans,
+            points,
         }
     }
 
     /// Starts an OTLP http/protobuf receiver (POST /v1/traces) on a free loopback port.
     pub fn http() -> Self {
         let spans = Arc::new(Mutex::new(Vec::new()));
+        let points = Arc::new(Mutex::new(Vec::new()));
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
         let port = listener.local_addr().expect("addr").port();
-        let sink = spans.clone();
+        let (sink, metrics) = (spans.clone(), points.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let sink = sink.clone();
-                std::thread::spawn(move || serve_http(conn, &sink));
+                let (sink, metrics) = (sink.clone(), metrics.clone());
+                std::thread::spawn(move || serve_http(conn, &sink, &metrics));
             }
         });
         Receiver {
             endpoint: format!("http://127.0.0.1:{port}"),
             protocol: "http/protobuf",
             spans,
+            points,
         }
+    }
+
+    /// Metric data points received so far.
+    pub fn points(&self) -> Vec<RecvPoint> {
+        self.points.lock().expect("receiver lock").clone()
     }
 
     /// Spans received so far.
@@ -197,7 +214,7 @@ impl Receiver {
 }
 
 /// Serves OTLP/HTTP requests on one keep-alive connection.
-fn serve_http(conn: TcpStream, sink: &Mutex<Vec<RecvSpan>>) {
+fn serve_http(conn: TcpStream, sink: &Mutex<Vec<RecvSpan>>, metrics: &Mutex<Vec<RecvPoint>>) {
     let Ok(mut writer) = conn.try_clone() else {
         return;
     };
@@ -207,7 +224,8 @@ fn serve_http(conn: TcpStream, sink: &Mutex<Vec<RecvSpan>>) {
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
-        let path_ok = line.starts_with("POST /v1/traces ");
+        let traces = line.starts_with("POST /v1/traces ");
+        let metrics_path = line.starts_with("POST /v1/metrics ");
         let mut length = 0usize;
         loop {
             let mut h = String::new();
@@ -228,13 +246,25 @@ fn serve_http(conn: TcpStream, sink: &Mutex<Vec<RecvSpan>>) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let status = match (path_ok, ExportTraceServiceRequest::decode(body.as_slice())) {
-            (true, Ok(req)) => {
-                collect(&req, sink);
-                "200 OK"
+        // Both responses are empty messages: one encoding serves both paths.
+        let status = if traces {
+            match ExportTraceServiceRequest::decode(body.as_slice()) {
+                Ok(req) => {
+                    collect(&req, sink);
+                    "200 OK"
+                }
+                Err(_) => "400 Bad Request",
             }
-            (false, _) => "404 Not Found",
-            (_, Err(_)) => "400 Bad Request",
+        } else if metrics_path {
+            match ExportMetricsServiceRequest::decode(body.as_slice()) {
+                Ok(req) => {
+                    metrics::collect(&req, metrics);
+                    "200 OK"
+                }
+                Err(_) => "400 Bad Request",
+            }
+        } else {
+            "404 Not Found"
         };
         let resp = ExportTraceServiceResponse {
             partial_success: None,

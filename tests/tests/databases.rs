@@ -355,7 +355,7 @@ fn queries_made_while_serving_a_request_are_its_children() {
     };
     let spans = eventually(Duration::from_secs(20), || {
         let s = rx.spans();
-        (count(&s, 2, "GET") >= 20
+        (count(&s, 2, "GET /item/{id}") >= 20
             && count(&s, CLIENT, "SELECT") >= 20
             && count(&s, CLIENT, "GET") >= 20)
             .then_some(s)

@@ -118,7 +118,8 @@ fn python_server_spans_over_grpc() {
     assert_eq!(spans.len(), calls.len(), "one span per request: {spans:#?}");
 
     let hello = check_server_span(&spans, &calls[0], port);
-    assert_eq!(hello.name, "GET");
+    assert_eq!(hello.name, "GET /hello");
+    assert_eq!(hello.attr("http.route"), Some("/hello"));
     assert_eq!(hello.attr("http.request.method"), Some("GET"));
     assert_eq!(hello.attr("url.query"), Some("lang=en&x=1"));
     assert_eq!(hello.status, 0);
@@ -154,7 +155,7 @@ fn python_server_spans_over_grpc() {
     let big = check_server_span(&spans, &calls[4], port);
     assert_eq!(big.attr("http.response.body.size"), Some("200000"));
     let post = check_server_span(&spans, &calls[5], port);
-    assert_eq!(post.name, "POST");
+    assert_eq!(post.name, "POST /echo");
     assert_eq!(post.attr("http.request.body.size"), Some("11"));
     assert!(
         stderr.iter().any(|l| l.contains("spans_exported = 6")),

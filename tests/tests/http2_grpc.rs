@@ -136,9 +136,10 @@ fn h2c_prior_knowledge_node_pair_with_multiplexed_streams() {
         assert_eq!(pair.len(), 2, "{path}: {spans:#?}");
         let server_span = pair.iter().find(|s| s.kind == SERVER).expect("server span");
         let client_span = pair.iter().find(|s| s.kind == CLIENT).expect("client span");
+        assert_eq!(server_span.name, format!("GET {path}"));
+        assert_eq!(client_span.name, "GET");
         for s in &pair {
             assert_eq!(s.attr("network.protocol.version"), Some("2"));
-            assert_eq!(s.name, "GET");
             assert_eq!(s.attr("http.request.method"), Some("GET"));
         }
         let status = if path == "/missing" { "404" } else { "200" };

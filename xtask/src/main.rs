@@ -226,6 +226,8 @@ fn setup() -> Result<()> {
         // Load generation for the benchmark.
         "nginx",
         "wrk",
+        // Headless browser for the web view's test.
+        "chromium",
     ])?;
     // Python clients and servers from PyPI, each checked by importing its module.
     pip_install(&[

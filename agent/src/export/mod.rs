@@ -1,6 +1,7 @@
 //! The last stage: spans leave the agent, printed on stdout (no endpoint configured) or sent over
 //! OTLP. Spans arrive through a bounded channel; the sender counts what it could not queue.
 
+pub mod endpoint;
 pub mod otlp;
 pub mod stdout;
 

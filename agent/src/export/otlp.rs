@@ -9,7 +9,7 @@
 
 use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use opentelemetry::{
     InstrumentationScope, KeyValue,
     trace::{
@@ -25,58 +25,21 @@ use opentelemetry_sdk::{
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::endpoint::{Protocol, Signal, Target, env_number};
 use crate::{
     process::ProcessInfo,
     stats::Stats,
     trace::{Span, SpanKind, Status, Value},
 };
 
-/// OTLP transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Grpc,
-    HttpProtobuf,
-}
-
-impl Protocol {
-    /// Parses an `OTEL_EXPORTER_OTLP_PROTOCOL` value.
-    pub fn parse(value: &str) -> Result<Self> {
-        match value.trim() {
-            "grpc" => Ok(Protocol::Grpc),
-            "http/protobuf" => Ok(Protocol::HttpProtobuf),
-            "http/json" => {
-                bail!("OTLP protocol http/json is not supported; use grpc or http/protobuf")
-            }
-            other => bail!("unknown OTLP protocol {other:?}; use grpc or http/protobuf"),
-        }
-    }
-}
-
-/// Resolved OTLP settings.
+/// Resolved OTLP trace settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Endpoint given on the command line (like `OTEL_EXPORTER_OTLP_ENDPOINT`); `None` lets the
-    /// exporter read the environment.
-    pub endpoint: Option<String>,
-    pub protocol: Protocol,
+    pub target: Target,
     pub batch_delay: Duration,
     pub batch_size: usize,
     /// Most traced processes with an exporter of their own at once.
     pub max_exporters: usize,
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn env_number(name: &str, default: u64) -> Result<u64> {
-    match env(name) {
-        Some(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a number")),
-        None => Ok(default),
-    }
 }
 
 impl Config {
@@ -86,37 +49,11 @@ impl Config {
         flag_endpoint: Option<&str>,
         flag_protocol: Option<&str>,
     ) -> Result<Option<Self>> {
-        let env_endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        let exporter = env("OTEL_TRACES_EXPORTER");
-        let wants_otlp = exporter
-            .as_deref()
-            .is_some_and(|e| e.split(',').any(|e| e.trim() == "otlp"));
-        if flag_endpoint.is_none() && env_endpoint.is_none() && !wants_otlp {
+        let Some(target) = Target::resolve(Signal::Traces, flag_endpoint, flag_protocol)? else {
             return Ok(None);
-        }
-        let named = flag_protocol
-            .map(str::to_string)
-            .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
-            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"));
-        let protocol = match named {
-            Some(p) => Protocol::parse(&p)?,
-            // The spec's default is http/protobuf; an endpoint on the gRPC port means gRPC.
-            None => {
-                let ep = flag_endpoint.map(str::to_string).or(env_endpoint);
-                if ep
-                    .as_deref()
-                    .is_some_and(|e| e.trim_end_matches('/').ends_with(":4317"))
-                {
-                    Protocol::Grpc
-                } else {
-                    Protocol::HttpProtobuf
-                }
-            }
         };
         Ok(Some(Config {
-            endpoint: flag_endpoint.map(str::to_string),
-            protocol,
+            target,
             batch_delay: Duration::from_millis(env_number("OTEL_BSP_SCHEDULE_DELAY", 5000)?),
             batch_size: env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?.max(1) as usize,
             max_exporters: 1024,
@@ -125,32 +62,24 @@ impl Config {
 
     /// A description for the start-up log.
     pub fn describe(&self) -> String {
-        let ep = self
-            .endpoint
-            .clone()
-            .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
-            .unwrap_or_else(|| "default endpoint".into());
-        format!("{ep} ({:?})", self.protocol)
+        self.target.describe()
     }
 
     /// Builds an exporter (checks the configuration; connections are made lazily).
     fn build(&self) -> Result<SpanExporter> {
-        let exporter = match self.protocol {
+        let url = self.target.url();
+        let exporter = match self.target.protocol {
             Protocol::Grpc => {
                 let b = SpanExporter::builder().with_tonic();
-                match &self.endpoint {
-                    Some(ep) => b.with_endpoint(ep.clone()).build(),
+                match url {
+                    Some(ep) => b.with_endpoint(ep).build(),
                     None => b.build(),
                 }
             }
             Protocol::HttpProtobuf => {
                 let b = SpanExporter::builder().with_http();
-                match &self.endpoint {
-                    // Like OTEL_EXPORTER_OTLP_ENDPOINT: the signal path is appended.
-                    Some(ep) => b
-                        .with_endpoint(format!("{}/v1/traces", ep.trim_end_matches('/')))
-                        .build(),
+                match url {
+                    Some(ep) => b.with_endpoint(ep).build(),
                     None => b.build(),
                 }
             }

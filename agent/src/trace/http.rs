@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use super::{Described, SpanKind, Value, network_attributes};
+use super::{Described, SpanKind, Value, network_attributes, route::Routes};
 use crate::{
     conn::{ConnMeta, Role},
     protocol::http::Exchange,
@@ -37,8 +37,10 @@ fn grpc_path(path: &str) -> Option<(&str, &str)> {
         .then_some((service, method))
 }
 
-/// Describes one HTTP exchange.
-pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange) -> Described {
+/// Describes one HTTP exchange. SERVER spans get an `http.route` from `routes` and are named
+/// `{method} {http.route}`; CLIENT spans are named by the method alone (a client knows no
+/// route).
+pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) -> Described {
     let req = &e.request;
     let resp = &e.response;
     let (server, client): (SocketAddr, SocketAddr) = match conn.role {
@@ -105,6 +107,10 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange) -> Described {
             a.push(("http.request.method_original", s(&req.method)));
         }
         a.push(("url.path", s(path)));
+        let route = (kind == SpanKind::Server).then(|| routes.route(path));
+        if let Some(r) = &route {
+            a.push(("http.route", s(r)));
+        }
         if let Some(q) = query {
             a.push(("url.query", s(q)));
         }
@@ -141,10 +147,10 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange) -> Described {
             };
             a.push(("error.type", Value::Str(t)));
         }
-        let name = if method_known {
-            req.method.clone()
-        } else {
-            "HTTP".to_string()
+        let method = if method_known { &req.method } else { "HTTP" };
+        let name = match route {
+            Some(r) => format!("{method} {r}"),
+            None => method.to_string(),
         };
         (name, error)
     };

@@ -38,6 +38,7 @@ use tracing::info;
 use super::{
     Span, make_span, new_span_id, new_trace_id,
     propagation::{Extracted, Format, Remote},
+    route::Routes,
     sampler::Sampler,
 };
 use crate::{
@@ -174,12 +175,15 @@ pub struct Linker {
     /// Latest kernel time seen in a record.
     now_ns: u64,
     rng: rand::rngs::StdRng,
+    /// How SERVER spans get their `http.route`.
+    routes: Routes,
 }
 
 impl Linker {
     pub fn new(sampler: Sampler) -> Self {
         Self {
             sampler,
+            routes: Routes::default(),
             ctxs: HashMap::new(),
             threads: HashMap::new(),
             received: HashMap::new(),
@@ -189,6 +193,12 @@ impl Linker {
             now_ns: 0,
             rng: <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng(),
         }
+    }
+
+    /// Uses these route patterns for `http.route`.
+    pub fn with_routes(mut self, routes: Routes) -> Self {
+        self.routes = routes;
+        self
     }
 
     /// Requests currently tracked (for tests and health counters).
@@ -215,7 +225,13 @@ impl Linker {
                         State::Settled(s) => {
                             let placement = placement(s, ctx.span_id);
                             self.ctxs.remove(&key);
-                            out.push(make_span(&conn, &exchange, placement, processes));
+                            out.push(make_span(
+                                &conn,
+                                &exchange,
+                                placement,
+                                processes,
+                                &self.routes,
+                            ));
                         }
                         _ => ctx.held = Some(exchange),
                     },
@@ -228,6 +244,7 @@ impl Linker {
                             &exchange,
                             placement(&settled, span_id),
                             processes,
+                            &self.routes,
                         ));
                     }
                 }
@@ -703,6 +720,7 @@ impl Linker {
                 &exchange,
                 placement(&settled, span_id),
                 processes,
+                &self.routes,
             ));
         }
         if ctx.meta.role == Role::Client {

@@ -9,6 +9,7 @@ pub mod db;
 pub mod http;
 pub mod link;
 pub mod propagation;
+pub mod route;
 pub mod sampler;
 pub mod span;
 
@@ -87,6 +88,7 @@ pub fn make_span(
     exchange: &Exchange,
     placement: Placement,
     processes: &mut Processes,
+    routes: &route::Routes,
 ) -> Span {
     let (first, last): (SyscallTime, SyscallTime) = match exchange {
         Exchange::Http(e) => (e.request.first, e.response.last),
@@ -99,7 +101,7 @@ pub fn make_span(
     let end_ns = last.exit_ns.max(start_ns);
     let offset = clock::wall_offset_ns();
     let mut d = match exchange {
-        Exchange::Http(e) => http::describe(conn, kind, e),
+        Exchange::Http(e) => http::describe(conn, kind, e, routes),
         Exchange::Db(op) => db::describe(conn, op),
     };
     if let Link::Propagated(format) = placement.link {

@@ -22,7 +22,7 @@ impl SpanKind {
 }
 
 /// An attribute value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Value {
     Str(String),
     Int(i64),

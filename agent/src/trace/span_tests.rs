@@ -1,6 +1,7 @@
 //! Spans from exchanges: HTTP, gRPC and database semantic conventions, statuses and timing.
 
 use super::*;
+use crate::trace::route::Routes;
 use crate::{
     conn::{Peer, SyscallTime},
     protocol::{
@@ -81,15 +82,22 @@ fn web(method: &str, target: &str, status: u16) -> Exchange {
 }
 
 fn span(role: Role, e: &Exchange) -> Span {
-    make_span(&conn(role), e, placement(), &mut Processes::new(8))
+    make_span(
+        &conn(role),
+        e,
+        placement(),
+        &mut Processes::new(8),
+        &Routes::default(),
+    )
 }
 
 #[test]
 fn server_span_follows_semantic_conventions() {
-    let sp = span(Role::Server, &web("GET", "/items?id=3", 200));
+    let sp = span(Role::Server, &web("GET", "/items/17?id=3", 200));
     assert_eq!(sp.kind, SpanKind::Server);
-    assert_eq!(sp.name, "GET");
-    assert_eq!(sp.attr_str("url.path"), Some("/items"));
+    assert_eq!(sp.name, "GET /items/{id}");
+    assert_eq!(sp.attr_str("http.route"), Some("/items/{id}"));
+    assert_eq!(sp.attr_str("url.path"), Some("/items/17"));
     assert_eq!(sp.attr_str("url.query"), Some("id=3"));
     assert_eq!(sp.attr_str("server.address"), Some("shop.local"));
     assert_eq!(sp.attr("server.port"), Some(&Value::Int(8080)));
@@ -115,6 +123,8 @@ fn statuses_follow_kind() {
 #[test]
 fn client_span_uses_peer_port_and_write_start() {
     let sp = span(Role::Client, &web("POST", "/pay", 201));
+    assert_eq!(sp.name, "POST", "a client knows no route");
+    assert_eq!(sp.attr_str("http.route"), None);
     assert_eq!(sp.attr("server.port"), Some(&Value::Int(50000)));
     assert_eq!(sp.attr_str("url.full"), Some("http://shop.local:8080/pay"));
     assert_eq!(sp.end.duration_since(sp.start).unwrap().as_nanos(), 8_000);
@@ -131,6 +141,7 @@ fn tls_connections_are_https() {
         &web("GET", "/pay", 200),
         placement(),
         &mut Processes::new(8),
+        &Routes::default(),
     );
     assert_eq!(sp.attr_str("url.scheme"), Some("https"));
     assert_eq!(sp.attr_str("url.full"), Some("https://shop.local:8080/pay"));
@@ -144,7 +155,7 @@ fn tls_connections_are_https() {
 #[test]
 fn unknown_method_and_absolute_target() {
     let sp = span(Role::Server, &web("PURGE", "http://x/a/b?c", 200));
-    assert_eq!(sp.name, "HTTP");
+    assert_eq!(sp.name, "HTTP /a/b");
     assert_eq!(sp.attr_str("http.request.method"), Some("_OTHER"));
     assert_eq!(sp.attr_str("http.request.method_original"), Some("PURGE"));
     assert_eq!(sp.attr_str("url.path"), Some("/a/b"));

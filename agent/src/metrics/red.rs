@@ -1,0 +1,160 @@
+//! RED metrics (rate, errors, duration) as OpenTelemetry semantic-convention duration
+//! histograms, one per kind of call, with the attributes the conventions list for each. Rate
+//! and errors come from the same histogram: its count, and the count of series with an
+//! `error.type`.
+
+use std::sync::Arc;
+
+use crate::trace::{Span, SpanKind, Value};
+
+/// The duration instruments, all in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Instrument {
+    HttpServer,
+    HttpClient,
+    RpcServer,
+    RpcClient,
+    DbClient,
+}
+
+impl Instrument {
+    pub const ALL: [Instrument; 5] = [
+        Instrument::HttpServer,
+        Instrument::HttpClient,
+        Instrument::RpcServer,
+        Instrument::RpcClient,
+        Instrument::DbClient,
+    ];
+
+    /// The OpenTelemetry instrument name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Instrument::HttpServer => "http.server.request.duration",
+            Instrument::HttpClient => "http.client.request.duration",
+            // Seconds, like the HTTP ones (as Beyla exports them), rather than the older
+            // convention's milliseconds: one unit across the agent's histograms.
+            Instrument::RpcServer => "rpc.server.duration",
+            Instrument::RpcClient => "rpc.client.duration",
+            Instrument::DbClient => "db.client.operation.duration",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Instrument::HttpServer => "Duration of HTTP server requests.",
+            Instrument::HttpClient => "Duration of HTTP client requests.",
+            Instrument::RpcServer => "Duration of inbound RPCs.",
+            Instrument::RpcClient => "Duration of outbound RPCs.",
+            Instrument::DbClient => "Duration of database client operations.",
+        }
+    }
+
+    /// The span attributes that become metric attributes: the low-cardinality ones the
+    /// conventions list (never paths, queries or client ports).
+    fn attributes(self) -> &'static [&'static str] {
+        match self {
+            Instrument::HttpServer => &[
+                "http.request.method",
+                "http.route",
+                "http.response.status_code",
+                "url.scheme",
+                "network.protocol.name",
+                "network.protocol.version",
+                "error.type",
+            ],
+            Instrument::HttpClient => &[
+                "http.request.method",
+                "http.response.status_code",
+                "server.address",
+                "server.port",
+                "url.scheme",
+                "network.protocol.name",
+                "network.protocol.version",
+                "error.type",
+            ],
+            Instrument::RpcServer => &[
+                "rpc.system",
+                "rpc.service",
+                "rpc.method",
+                "rpc.grpc.status_code",
+                "error.type",
+            ],
+            Instrument::RpcClient => &[
+                "rpc.system",
+                "rpc.service",
+                "rpc.method",
+                "rpc.grpc.status_code",
+                "server.address",
+                "server.port",
+                "error.type",
+            ],
+            Instrument::DbClient => &[
+                "db.system.name",
+                "db.operation.name",
+                "db.collection.name",
+                "db.namespace",
+                "db.response.status_code",
+                "server.address",
+                "server.port",
+                "error.type",
+            ],
+        }
+    }
+
+    /// Which instrument a span is measured by.
+    pub fn of(span: &Span) -> Instrument {
+        let rpc = span.attr("rpc.system").is_some();
+        match span.kind {
+            SpanKind::Server if rpc => Instrument::RpcServer,
+            SpanKind::Server => Instrument::HttpServer,
+            SpanKind::Client if span.attr("db.system.name").is_some() => Instrument::DbClient,
+            SpanKind::Client if rpc => Instrument::RpcClient,
+            SpanKind::Client => Instrument::HttpClient,
+        }
+    }
+}
+
+/// A metric attribute value: strings stay strings, integers stay integers (OTLP keeps the type;
+/// Prometheus prints both as text).
+pub type Attr = (&'static str, Value);
+
+/// One series of one instrument: the service it measures and its attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub instrument: Instrument,
+    pub service: Arc<str>,
+    pub attributes: Vec<Attr>,
+}
+
+impl Key {
+    /// The series a span is measured in.
+    pub fn of(span: &Span, service: Arc<str>) -> Key {
+        let instrument = Instrument::of(span);
+        let attributes = instrument
+            .attributes()
+            .iter()
+            .filter_map(|k| span.attr(k).map(|v| (*k, v.clone())))
+            .collect();
+        Key {
+            instrument,
+            service,
+            attributes,
+        }
+    }
+
+    /// The instrument's overflow series (all services share it).
+    pub fn overflow(&self) -> Key {
+        Key {
+            instrument: self.instrument,
+            service: Arc::from(""),
+            attributes: vec![(super::series::OVERFLOW_ATTRIBUTE, Value::Str("true".into()))],
+        }
+    }
+}
+
+/// A span's duration in seconds.
+pub fn seconds(span: &Span) -> f64 {
+    span.end
+        .duration_since(span.start)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

@@ -1,0 +1,253 @@
+//! `http.route` for SERVER spans and metrics. The agent never sees the application's router,
+//! so it derives a low-cardinality route from the path: segments that look like identifiers
+//! (numbers, UUIDs, long hex, base64-style tokens) become `{id}`, so `/users/42` and
+//! `/users/43` share the route `/users/{id}` and one metric series. Route patterns the user
+//! configures (`--route /orders/{order}/items/*`) are tried first and win.
+
+use thiserror::Error;
+
+/// The placeholder an identifier-like segment becomes.
+pub const ID: &str = "{id}";
+
+/// Segments kept before the rest of a long path collapses into `/*`: bounds the route length
+/// and the number of distinct routes deep, generated paths can produce.
+const MAX_SEGMENTS: usize = 8;
+
+/// A route pattern that cannot be used.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PatternError {
+    #[error("route pattern {0:?} must start with '/'")]
+    NotAbsolute(String),
+    #[error("route pattern {0:?}: '*' may only be the last segment")]
+    WildcardNotLast(String),
+    #[error("route pattern {0:?}: a placeholder must be a whole segment, like {{id}}")]
+    PartialPlaceholder(String),
+}
+
+/// One segment of a pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `{name}`: any one segment.
+    Any,
+    /// `*` as the last segment: the rest of the path, one or more segments.
+    Rest,
+}
+
+/// A user route pattern: `/users/{id}`, `/static/*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    text: String,
+    segments: Vec<Segment>,
+}
+
+impl Pattern {
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
+        let trimmed = text.trim();
+        let Some(rest) = trimmed.strip_prefix('/') else {
+            return Err(PatternError::NotAbsolute(text.into()));
+        };
+        let parts: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect()
+        };
+        let mut segments = Vec::with_capacity(parts.len());
+        for (i, p) in parts.iter().enumerate() {
+            let seg = if *p == "*" {
+                if i + 1 != parts.len() {
+                    return Err(PatternError::WildcardNotLast(text.into()));
+                }
+                Segment::Rest
+            } else if p.starts_with('{') && p.ends_with('}') && p.len() > 2 {
+                Segment::Any
+            } else if p.contains('{') || p.contains('}') {
+                return Err(PatternError::PartialPlaceholder(text.into()));
+            } else {
+                Segment::Literal((*p).to_string())
+            };
+            segments.push(seg);
+        }
+        Ok(Pattern {
+            text: trimmed.to_string(),
+            segments,
+        })
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        let mut parts = path.strip_prefix('/').unwrap_or(path).split('/');
+        let path_is_root = path.trim_start_matches('/').is_empty();
+        for seg in &self.segments {
+            match seg {
+                Segment::Rest => return !path_is_root && parts.next().is_some(),
+                Segment::Any => match parts.next() {
+                    Some(p) if !p.is_empty() => {}
+                    _ => return false,
+                },
+                Segment::Literal(l) => match parts.next() {
+                    Some(p) if p == l => {}
+                    _ => return false,
+                },
+            }
+        }
+        if self.segments.is_empty() {
+            return path_is_root;
+        }
+        parts.next().is_none()
+    }
+}
+
+/// The route settings: user patterns, then the heuristic.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    patterns: Vec<Pattern>,
+}
+
+impl Routes {
+    pub fn new(patterns: Vec<Pattern>) -> Self {
+        Routes { patterns }
+    }
+
+    /// Parses pattern texts, failing on the first bad one.
+    pub fn parse(texts: &[String]) -> Result<Self, PatternError> {
+        texts
+            .iter()
+            .map(|t| Pattern::parse(t))
+            .collect::<Result<_, _>>()
+            .map(Routes::new)
+    }
+
+    /// The route of a request path (without its query).
+    pub fn route(&self, path: &str) -> String {
+        if let Some(p) = self.patterns.iter().find(|p| p.matches(path)) {
+            return p.text.clone();
+        }
+        reduce(path)
+    }
+}
+
+/// The heuristic route of a path.
+pub fn reduce(path: &str) -> String {
+    let mut out = String::with_capacity(path.len().min(128));
+    for (i, seg) in path.split('/').filter(|s| !s.is_empty()).enumerate() {
+        if i == MAX_SEGMENTS {
+            out.push_str("/*");
+            break;
+        }
+        out.push('/');
+        if looks_like_id(seg) {
+            out.push_str(ID);
+        } else {
+            out.push_str(seg);
+        }
+    }
+    // The root, or a trailing slash the path had (a different resource to many routers).
+    if out.is_empty() || (path.ends_with('/') && !out.ends_with("/*")) {
+        out.push('/');
+    }
+    out
+}
+
+/// Whether a path segment is an identifier rather than a name.
+fn looks_like_id(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    if b.iter().all(u8::is_ascii_digit) {
+        return true;
+    }
+    if is_uuid(b) {
+        return true;
+    }
+    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
+    // Long hex: object ids, hashes, hex-encoded keys (at least one digit, so that words made of
+    // a-f letters, like "facade", stay).
+    if b.len() >= 8 && digits > 0 && b.iter().all(u8::is_ascii_hexdigit) {
+        return true;
+    }
+    // Tokens: base64/base64url, long, mixing letters and digits.
+    let token_chars = b
+        .iter()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'=' | b'+'));
+    let letters = b.iter().filter(|c| c.is_ascii_alphabetic()).count();
+    if token_chars && b.len() >= 16 && digits > 0 && letters > 0 {
+        return true;
+    }
+    // Numbers with a separator or unit: 2024-06-01, 1.5, 42ms.
+    token_chars && digits * 2 > b.len() && b.len() > 3
+}
+
+fn is_uuid(b: &[u8]) -> bool {
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_become_placeholders() {
+        let cases = [
+            ("/", "/"),
+            ("", "/"),
+            ("/users/42", "/users/{id}"),
+            ("/users/42/orders/7", "/users/{id}/orders/{id}"),
+            ("/items/123e4567-e89b-12d3-a456-426614174000", "/items/{id}"),
+            ("/blobs/5f2b9c0e1d3a4b6c", "/blobs/{id}"),
+            ("/s/dGhpcyBpcyBhIHRva2VuMTIz", "/s/{id}"),
+            ("/archive/2024-06-01", "/archive/{id}"),
+            ("/api/v1/health", "/api/v1/health"),
+            ("/cafe/facade", "/cafe/facade"),
+            ("/static/app.js", "/static/app.js"),
+            ("/users/", "/users/"),
+            ("//double//slash", "/double/slash"),
+        ];
+        for (path, route) in cases {
+            assert_eq!(reduce(path), route, "{path}");
+        }
+    }
+
+    #[test]
+    fn deep_paths_are_bounded() {
+        let r = reduce("/a/b/c/d/e/f/g/h/i/j/k");
+        assert_eq!(r, "/a/b/c/d/e/f/g/h/*");
+    }
+
+    #[test]
+    fn user_patterns_win() {
+        let routes = Routes::parse(&[
+            "/orders/{order}/items/*".into(),
+            "/users/{name}".into(),
+            "/".into(),
+        ])
+        .unwrap();
+        assert_eq!(routes.route("/users/alice"), "/users/{name}");
+        assert_eq!(routes.route("/users/42"), "/users/{name}");
+        assert_eq!(
+            routes.route("/orders/9/items/3/x"),
+            "/orders/{order}/items/*"
+        );
+        assert_eq!(routes.route("/orders/9/items"), "/orders/{id}/items");
+        assert_eq!(routes.route("/users/alice/photos"), "/users/alice/photos");
+        assert_eq!(routes.route("/"), "/");
+        assert_eq!(routes.route("/users/"), "/users/");
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        assert!(matches!(
+            Pattern::parse("users/{id}"),
+            Err(PatternError::NotAbsolute(_))
+        ));
+        assert!(matches!(
+            Pattern::parse("/a/*/b"),
+            Err(PatternError::WildcardNotLast(_))
+        ));
+        assert!(matches!(
+            Pattern::parse("/a/x{id}"),
+            Err(PatternError::PartialPlaceholder(_))
+        ));
+    }
+}
