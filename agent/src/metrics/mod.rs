@@ -23,7 +23,9 @@ use graph::{Edge, Pairing, Request};
 use histogram::Histogram;
 use series::Series;
 
-use crate::trace::Span;
+use opentelemetry::metrics::BoundHistogram;
+
+use crate::{process::ProcessInfo, trace::Span};
 
 /// Default limit of series per family (RED, service graph).
 pub const DEFAULT_SERIES_LIMIT: usize = 2000;
@@ -70,11 +72,55 @@ pub fn overflow_edge() -> Edge {
     }
 }
 
+/// A RED series: its histogram, and the OTLP instruments bound to its attributes (one per
+/// process whose spans it measures; `None` for the overflow series).
+#[derive(Default)]
+struct RedSeries {
+    histogram: Histogram,
+    bound: Vec<(Option<Arc<ProcessInfo>>, BoundHistogram<f64>)>,
+}
+
+impl RedSeries {
+    fn record_otlp(
+        &mut self,
+        otlp: &otlp::Recorder,
+        span: &Span,
+        instrument: red::Instrument,
+        overflowed: bool,
+        secs: f64,
+    ) {
+        let process = (!overflowed).then_some(&span.process);
+        let found = self.bound.iter().find(|(p, _)| match (p, process) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        });
+        match found {
+            Some((_, b)) => b.record(secs),
+            None => {
+                if let Some(b) = otlp.bind_red((!overflowed).then_some(span), instrument) {
+                    b.record(secs);
+                    self.bound.push((process.cloned(), b));
+                }
+            }
+        }
+    }
+}
+
+/// An edge series: its stats, and the OTLP instruments bound to it.
+#[derive(Default)]
+struct EdgeSeries {
+    stats: EdgeStats,
+    bound: Option<otlp::BoundEdge>,
+}
+
 struct State {
-    red: Series<red::Key, Histogram>,
-    edges: Series<Edge, EdgeStats>,
+    red: Series<red::Key, RedSeries>,
+    edges: Series<Edge, EdgeSeries>,
     pairing: Pairing,
     done: Vec<Request>,
+    /// The OTLP recorder's generation the bound instruments were last checked against.
+    generation: u64,
 }
 
 /// The aggregation every span goes through.
@@ -104,6 +150,7 @@ impl Metrics {
                 edges: Series::new(series_limit),
                 pairing: Pairing::default(),
                 done: Vec::new(),
+                generation: 0,
             }),
             otlp,
         }
@@ -118,28 +165,44 @@ impl Metrics {
 
     /// Measures one finished span.
     pub fn observe(&self, span: &Span, now: Instant) {
-        let service: Arc<str> = Arc::from(span.process.service_name.as_str());
-        let key = red::Key::of(span, service.clone());
+        let instrument = red::Instrument::of(span);
+        let hash = red::Key::fingerprint(span, instrument);
         let secs = red::seconds(span);
         let mut st = self.lock();
-        let (h, overflowed) = st.red.get(key, red::Key::overflow);
-        h.record(secs);
+        let (series, overflowed) = st.red.get(
+            hash,
+            |k| k.describes(span, instrument),
+            || red::Key::of(span, instrument),
+            || red::Key::overflow(instrument),
+        );
+        series.histogram.record(secs);
         if let Some(otlp) = &self.otlp {
-            otlp.record_span(span, secs, overflowed);
+            series.record_otlp(otlp, span, instrument, overflowed, secs);
         }
+        let service: Arc<str> = Arc::from(span.process.service_name.as_str());
         let mut done = std::mem::take(&mut st.done);
         st.pairing.observe(span, service, now, &mut done);
         self.count(&mut st, &mut done);
         st.done = done;
     }
 
-    /// Counts alone the pairing halves that waited too long.
+    /// Counts alone the pairing halves that waited too long, and lets go of OTLP instruments
+    /// bound to providers that were dropped.
     pub fn tick(&self, now: Instant) {
         let mut st = self.lock();
         let mut done = std::mem::take(&mut st.done);
         st.pairing.expire(now, &mut done);
         self.count(&mut st, &mut done);
         st.done = done;
+        if let Some(otlp) = &self.otlp
+            && otlp.generation() != st.generation
+        {
+            st.generation = otlp.generation();
+            for s in st.red.values_mut() {
+                s.bound
+                    .retain(|(p, _)| p.as_ref().is_none_or(|p| otlp.serves(p)));
+            }
+        }
     }
 
     /// Counts every waiting half (at shutdown).
@@ -153,17 +216,28 @@ impl Metrics {
 
     fn count(&self, st: &mut State, done: &mut Vec<Request>) {
         for r in done.drain(..) {
-            let (e, overflowed) = st.edges.get(r.edge.clone(), |_| overflow_edge());
-            e.requests += 1;
-            e.failed += u64::from(r.failed);
-            if let Some(s) = r.client_seconds {
-                e.client.record(s);
+            let (e, overflowed) = st.edges.get(
+                series::fingerprint(&r.edge),
+                |k| *k == r.edge,
+                || r.edge.clone(),
+                || {
+                    let k = overflow_edge();
+                    (series::fingerprint(&k), k)
+                },
+            );
+            let s = &mut e.stats;
+            s.requests += 1;
+            s.failed += u64::from(r.failed);
+            if let Some(secs) = r.client_seconds {
+                s.client.record(secs);
             }
-            if let Some(s) = r.server_seconds {
-                e.server.record(s);
+            if let Some(secs) = r.server_seconds {
+                s.server.record(secs);
             }
             if let Some(otlp) = &self.otlp {
-                otlp.record_request(&r, overflowed);
+                e.bound
+                    .get_or_insert_with(|| otlp.bind_edge(&r.edge, overflowed))
+                    .record(&r);
             }
         }
     }
@@ -172,11 +246,15 @@ impl Metrics {
     pub fn snapshot(&self) -> Snapshot {
         let st = self.lock();
         Snapshot {
-            red: st.red.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            red: st
+                .red
+                .iter()
+                .map(|(k, v)| (k.clone(), v.histogram.clone()))
+                .collect(),
             edges: st
                 .edges
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.clone(), v.stats.clone()))
                 .collect(),
             overflowed: st.red.overflowed() + st.edges.overflowed(),
             unpaired_full: st.pairing.unpaired_full,
@@ -189,7 +267,7 @@ impl Metrics {
         let st = self.lock();
         st.edges
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), v.stats.clone()))
             .collect()
     }
 }

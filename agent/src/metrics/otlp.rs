@@ -10,14 +10,17 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
 use opentelemetry::{
     KeyValue,
-    metrics::{Counter, Histogram, MeterProvider as _},
+    metrics::{BoundCounter, BoundHistogram, Counter, Histogram, MeterProvider as _},
 };
 use opentelemetry_otlp::{MetricExporter, WithExportConfig as _};
 use opentelemetry_sdk::{
@@ -32,7 +35,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::{
-    graph::Request,
+    graph::{Edge, Request},
     histogram::BOUNDS,
     red::{Instrument, Key},
     series::OVERFLOW_ATTRIBUTE,
@@ -176,10 +179,30 @@ fn histogram(provider: &SdkMeterProvider, i: Instrument) -> Histogram<f64> {
         .build()
 }
 
-/// The RED instruments of one traced process.
+/// The RED instruments of one meter provider.
 struct Red {
-    process: Arc<ProcessInfo>,
+    /// The traced process (`None` for the agent's own provider).
+    process: Option<Arc<ProcessInfo>>,
     histograms: Vec<(Instrument, Histogram<f64>)>,
+}
+
+impl Red {
+    fn new(provider: &SdkMeterProvider, process: Option<Arc<ProcessInfo>>) -> Self {
+        Red {
+            process,
+            histograms: Instrument::ALL
+                .iter()
+                .map(|&i| (i, histogram(provider, i)))
+                .collect(),
+        }
+    }
+
+    fn bind(&self, instrument: Instrument, attrs: &[KeyValue]) -> Option<BoundHistogram<f64>> {
+        self.histograms
+            .iter()
+            .find(|(i, _)| *i == instrument)
+            .map(|(_, h)| h.bind(attrs))
+    }
 }
 
 /// The service-graph instruments.
@@ -190,7 +213,13 @@ struct GraphInstruments {
     client: Histogram<f64>,
 }
 
-fn graph_instruments(provider: &SdkMeterProvider) -> GraphInstruments {
+/// The agent's own provider: the service graph, and the RED overflow series.
+struct AgentInstruments {
+    graph: GraphInstruments,
+    red: Red,
+}
+
+fn agent_instruments(provider: &SdkMeterProvider) -> AgentInstruments {
     let meter = provider.meter(env!("CARGO_PKG_NAME"));
     let h = |name: &'static str, what: &'static str| {
         meter
@@ -200,7 +229,7 @@ fn graph_instruments(provider: &SdkMeterProvider) -> GraphInstruments {
             .with_boundaries(BOUNDS.to_vec())
             .build()
     };
-    GraphInstruments {
+    let graph = GraphInstruments {
         total: meter
             .u64_counter("traces_service_graph_request_total")
             .with_description("Requests between two nodes of the service graph.")
@@ -217,6 +246,33 @@ fn graph_instruments(provider: &SdkMeterProvider) -> GraphInstruments {
             "traces_service_graph_request_client_seconds",
             "Request durations as the client saw them.",
         ),
+    };
+    AgentInstruments {
+        graph,
+        red: Red::new(provider, None),
+    }
+}
+
+/// The service-graph instruments bound to one edge.
+pub struct BoundEdge {
+    total: BoundCounter<u64>,
+    failed: BoundCounter<u64>,
+    server: BoundHistogram<f64>,
+    client: BoundHistogram<f64>,
+}
+
+impl BoundEdge {
+    pub fn record(&self, r: &Request) {
+        self.total.add(1);
+        if r.failed {
+            self.failed.add(1);
+        }
+        if let Some(s) = r.client_seconds {
+            self.client.record(s);
+        }
+        if let Some(s) = r.server_seconds {
+            self.server.record(s);
+        }
     }
 }
 
@@ -246,11 +302,18 @@ fn key_values(attrs: &[(&'static str, Value)]) -> Vec<KeyValue> {
         .collect()
 }
 
-/// Records measurements into the SDK instruments; exported by [`run`].
+fn overflow_attributes() -> Vec<KeyValue> {
+    vec![KeyValue::new(OVERFLOW_ATTRIBUTE, true)]
+}
+
+/// Binds SDK instruments to the aggregation's series, so that a measurement costs no attribute
+/// lookup; exported by [`Export::run`].
 pub struct Recorder {
     temporality: Temporality,
     processes: Mutex<HashMap<u32, Meters<Red>>>,
-    graph: Meters<GraphInstruments>,
+    agent: Meters<AgentInstruments>,
+    /// Bumped whenever providers are dropped, so that instruments bound to them are let go.
+    generation: AtomicU64,
 }
 
 impl Recorder {
@@ -258,35 +321,44 @@ impl Recorder {
         Recorder {
             temporality,
             processes: Mutex::new(HashMap::new()),
-            graph: Meters::new(agent_resource(), temporality, graph_instruments),
+            agent: Meters::new(agent_resource(), temporality, agent_instruments),
+            generation: AtomicU64::new(0),
         }
     }
 
-    /// Records a span's duration in its process's RED histogram. `overflowed` says the series
-    /// limit sent it to the overflow series, whose attributes it then takes.
-    pub fn record_span(&self, span: &Span, seconds: f64, overflowed: bool) {
-        let instrument = Instrument::of(span);
-        let key = Key::of(span, Arc::from(""));
-        let attrs = if overflowed {
-            vec![KeyValue::new(OVERFLOW_ATTRIBUTE, true)]
-        } else {
-            key_values(&key.attributes)
-        };
-        let mut processes = self
-            .processes
+    fn processes(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Meters<Red>>> {
+        self.processes
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The RED histogram of a span's series, bound to its attributes in its process's provider;
+    /// `None` binds the instrument's overflow series in the agent's provider.
+    pub fn bind_red(
+        &self,
+        span: Option<&Span>,
+        instrument: Instrument,
+    ) -> Option<BoundHistogram<f64>> {
+        let Some(span) = span else {
+            return self
+                .agent
+                .instruments
+                .red
+                .bind(instrument, &overflow_attributes());
+        };
+        let attrs = key_values(&Key::of(span, instrument).attributes);
+        let mut processes = self.processes();
         let p = &span.process;
-        let stale = processes
+        let current = processes
             .get(&p.pid)
-            .is_some_and(|m| m.instruments.process != *p);
-        if stale || !processes.contains_key(&p.pid) {
-            if processes.len() >= MAX_PROVIDERS && !stale {
-                // Bounded: drop the providers of processes that are gone, else the oldest pid.
+            .is_some_and(|m| m.instruments.process.as_ref() == Some(p));
+        if !current {
+            if processes.len() >= MAX_PROVIDERS && !processes.contains_key(&p.pid) {
+                // Bounded: drop the providers of processes that are gone, else the lowest pid.
                 let gone: Vec<u32> = processes
                     .keys()
                     .copied()
-                    .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+                    .filter(|pid| !alive(*pid))
                     .collect();
                 let victims = if gone.is_empty() {
                     processes.keys().min().copied().into_iter().collect()
@@ -302,74 +374,76 @@ impl Recorder {
             let meters = Meters::new(
                 crate::export::otlp::resource(p),
                 self.temporality,
-                |provider| Red {
-                    process: p.clone(),
-                    histograms: Instrument::ALL
-                        .iter()
-                        .map(|&i| (i, histogram(provider, i)))
-                        .collect(),
-                },
+                |provider| Red::new(provider, Some(p.clone())),
             );
-            processes.insert(p.pid, meters);
+            if let Some(old) = processes.insert(p.pid, meters) {
+                let _ = old.provider.shutdown();
+            }
+            self.generation.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(h) = processes.get(&p.pid).and_then(|m| {
-            m.instruments
-                .histograms
-                .iter()
-                .find(|(i, _)| *i == instrument)
-        }) {
-            h.1.record(seconds, &attrs);
+        processes.get(&p.pid)?.instruments.bind(instrument, &attrs)
+    }
+
+    /// The service-graph instruments bound to one edge (or to the overflow series).
+    pub fn bind_edge(&self, edge: &Edge, overflowed: bool) -> BoundEdge {
+        let attrs = if overflowed {
+            overflow_attributes()
+        } else {
+            vec![
+                KeyValue::new("client", edge.client.to_string()),
+                KeyValue::new("server", edge.server.to_string()),
+                KeyValue::new("connection_type", edge.connection_type),
+            ]
+        };
+        let g = &self.agent.instruments.graph;
+        BoundEdge {
+            total: g.total.bind(&attrs),
+            failed: g.failed.bind(&attrs),
+            server: g.server.bind(&attrs),
+            client: g.client.bind(&attrs),
         }
     }
 
-    /// Records one request of the service graph.
-    pub fn record_request(&self, r: &Request, overflowed: bool) {
-        let attrs = if overflowed {
-            vec![KeyValue::new(OVERFLOW_ATTRIBUTE, true)]
-        } else {
-            vec![
-                KeyValue::new("client", r.edge.client.to_string()),
-                KeyValue::new("server", r.edge.server.to_string()),
-                KeyValue::new("connection_type", r.edge.connection_type),
-            ]
-        };
-        let g = &self.graph.instruments;
-        g.total.add(1, &attrs);
-        if r.failed {
-            g.failed.add(1, &attrs);
-        }
-        if let Some(s) = r.client_seconds {
-            g.client.record(s, &attrs);
-        }
-        if let Some(s) = r.server_seconds {
-            g.server.record(s, &attrs);
-        }
+    /// Changes whenever providers were dropped.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Whether instruments bound for this process still feed a provider.
+    pub fn serves(&self, p: &Arc<ProcessInfo>) -> bool {
+        self.processes()
+            .get(&p.pid)
+            .is_some_and(|m| m.instruments.process.as_ref() == Some(p))
     }
 
     /// Collects every provider; forgets the providers of processes that are gone (their last
     /// values are in this collection).
     fn collect(&self) -> Vec<ResourceMetrics> {
         let mut out = Vec::new();
-        let mut processes = self
-            .processes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut processes = self.processes();
         let mut gone = Vec::new();
         for (pid, m) in processes.iter() {
             out.extend(m.collect());
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if !alive(*pid) {
                 gone.push(*pid);
             }
         }
-        for pid in gone {
-            if let Some(m) = processes.remove(&pid) {
+        for pid in &gone {
+            if let Some(m) = processes.remove(pid) {
                 let _ = m.provider.shutdown();
             }
         }
+        if !gone.is_empty() {
+            self.generation.fetch_add(1, Ordering::Relaxed);
+        }
         drop(processes);
-        out.extend(self.graph.collect());
+        out.extend(self.agent.collect());
         out
     }
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// OTLP metrics export: the recorder the aggregation feeds, and the exporter.

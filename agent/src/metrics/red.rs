@@ -3,8 +3,12 @@
 //! and errors come from the same histogram: its count, and the count of series with an
 //! `error.type`.
 
-use std::sync::Arc;
+use std::{
+    hash::{Hash, Hasher},
+    sync::Arc,
+};
 
+use super::series;
 use crate::trace::{Span, SpanKind, Value};
 
 /// The duration instruments, all in seconds.
@@ -127,28 +131,68 @@ pub struct Key {
 }
 
 impl Key {
-    /// The series a span is measured in.
-    pub fn of(span: &Span, service: Arc<str>) -> Key {
-        let instrument = Instrument::of(span);
-        let attributes = instrument
+    /// The span's attributes this instrument keeps, in the instrument's order.
+    fn span_attributes(
+        span: &Span,
+        instrument: Instrument,
+    ) -> impl Iterator<Item = (&'static str, &Value)> {
+        instrument
             .attributes()
             .iter()
-            .filter_map(|k| span.attr(k).map(|v| (*k, v.clone())))
-            .collect();
+            .filter_map(|k| span.attr(k).map(|v| (*k, v)))
+    }
+
+    /// The fingerprint of the series a span is measured in, from the span alone.
+    pub fn fingerprint(span: &Span, instrument: Instrument) -> u64 {
+        let mut h = series::hasher();
+        instrument.hash(&mut h);
+        span.process.service_name.hash(&mut h);
+        for (k, v) in Self::span_attributes(span, instrument) {
+            k.hash(&mut h);
+            v.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Whether this is the series a span is measured in (no allocation).
+    pub fn describes(&self, span: &Span, instrument: Instrument) -> bool {
+        if self.instrument != instrument || *self.service != *span.process.service_name {
+            return false;
+        }
+        let mut mine = self.attributes.iter();
+        for (k, v) in Self::span_attributes(span, instrument) {
+            match mine.next() {
+                Some((mk, mv)) if *mk == k && mv == v => {}
+                _ => return false,
+            }
+        }
+        mine.next().is_none()
+    }
+
+    /// The series a span is measured in.
+    pub fn of(span: &Span, instrument: Instrument) -> Key {
         Key {
             instrument,
-            service,
-            attributes,
+            service: Arc::from(span.process.service_name.as_str()),
+            attributes: Self::span_attributes(span, instrument)
+                .map(|(k, v)| (k, v.clone()))
+                .collect(),
         }
     }
 
-    /// The instrument's overflow series (all services share it).
-    pub fn overflow(&self) -> Key {
-        Key {
-            instrument: self.instrument,
+    /// The instrument's overflow series (all services share it), with its fingerprint.
+    pub fn overflow(instrument: Instrument) -> (u64, Key) {
+        let key = Key {
+            instrument,
             service: Arc::from(""),
-            attributes: vec![(super::series::OVERFLOW_ATTRIBUTE, Value::Str("true".into()))],
-        }
+            attributes: vec![(series::OVERFLOW_ATTRIBUTE, Value::Str("true".into()))],
+        };
+        (series::fingerprint(&key), key)
+    }
+
+    /// Whether this is an overflow series.
+    pub fn is_overflow(&self) -> bool {
+        self.service.is_empty()
     }
 }
 
