@@ -104,3 +104,55 @@ fn trace_id(hex_id: &str) -> Option<[u8; 16]> {
     let bytes = hex::decode(hex_id).ok()?;
     bytes.try_into().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::metrics::tests::{process, server};
+
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_the_page_and_its_api() {
+        let metrics = Arc::new(Metrics::new(100, None));
+        let recent = Arc::new(Recent::default());
+        let span = server(&process(1, "shop"), 1, "/cart/{id}", 200);
+        metrics.observe(&span, Instant::now());
+        recent.observe(&span);
+        let addr = serve("127.0.0.1:0".parse().unwrap(), metrics, recent)
+            .await
+            .unwrap();
+        let page = request(addr, "GET", "/").await;
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(page.contains("text/html") && page.contains("<svg id=\"graph\""));
+        let map = request(addr, "GET", "/api/map").await;
+        assert!(
+            map.contains("\"client\":\"10.0.0.9\",\"server\":\"shop\""),
+            "{map}"
+        );
+        assert!(
+            map.contains("{\"id\":\"shop\",\"kind\":\"service\"}"),
+            "{map}"
+        );
+        let lists = request(addr, "GET", "/api/traces").await;
+        let id = hex::encode(span.trace_id);
+        assert!(lists.contains(&id), "{lists}");
+        let trace = request(addr, "GET", &format!("/api/traces/{id}")).await;
+        assert!(trace.contains("\"http.route\",\"/cart/{id}\""), "{trace}");
+        let unknown = request(addr, "GET", &format!("/api/traces/{}", "0".repeat(32))).await;
+        assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
+        let bad = request(addr, "GET", "/api/traces/xyz").await;
+        assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+        let post = request(addr, "POST", "/api/map").await;
+        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    }
+}
