@@ -158,6 +158,13 @@ impl Drop for Proc {
 }
 
 /// The agent, running.
+/// `--pid P` for each of `pids`.
+pub fn pid_args(pids: &[u32]) -> Vec<String> {
+    pids.iter()
+        .flat_map(|p| ["--pid".to_string(), p.to_string()])
+        .collect()
+}
+
 pub struct Agent {
     pub proc: Proc,
 }
@@ -209,10 +216,7 @@ impl Agent {
 
     /// The agent tracing `pids`, exporting to `rx` with a short batch delay.
     pub fn tracing(pids: &[u32], rx: &receiver::Receiver) -> Agent {
-        let mut args: Vec<String> = pids
-            .iter()
-            .flat_map(|p| ["--pid".to_string(), p.to_string()])
-            .collect();
+        let mut args = pid_args(pids);
         args.extend([
             "--otlp-endpoint".into(),
             rx.endpoint.clone(),

@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::{
     metrics::v1::{metric::Data, number_data_point},
 };
 
-use crate::receiver::flatten;
+use crate::receiver::{flatten, service_name};
 
 /// One received data point.
 #[derive(Debug, Clone)]
@@ -32,11 +32,9 @@ impl RecvPoint {
         self.attrs.get(k).map(String::as_str)
     }
 
+    /// The `service.name` of the point's resource.
     pub fn service(&self) -> &str {
-        self.resource
-            .get("service.name")
-            .map(String::as_str)
-            .unwrap_or("")
+        service_name(&self.resource)
     }
 }
 

@@ -49,10 +49,7 @@ impl RecvSpan {
 
     /// The `service.name` of the span's resource.
     pub fn service(&self) -> &str {
-        self.resource
-            .get("service.name")
-            .map(String::as_str)
-            .unwrap_or("")
+        service_name(&self.resource)
     }
 
     pub fn trace_hex(&self) -> String {
@@ -76,6 +73,14 @@ fn value(v: &Option<AnyValue>) -> String {
         Some(any_value::Value::DoubleValue(d)) => d.to_string(),
         other => format!("{other:?}"),
     }
+}
+
+/// The `service.name` of a flattened resource ("" without one).
+pub(crate) fn service_name(resource: &BTreeMap<String, String>) -> &str {
+    resource
+        .get("service.name")
+        .map(String::as_str)
+        .unwrap_or("")
 }
 
 pub(crate) fn flatten(kvs: &[KeyValue]) -> BTreeMap<String, String> {

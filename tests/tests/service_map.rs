@@ -18,7 +18,7 @@ use std::{
 use agent_e2e::{
     Agent, Proc, eventually, free_port, http_get,
     metrics::{RecvPoint, latest},
-    peer,
+    peer, pid_args,
     receiver::Receiver,
     servers::Postgres,
     wait_ready, workspace,
@@ -128,11 +128,7 @@ fn service_graph_and_red_metrics_over_prometheus_and_otlp_http() {
 fn service_graph_and_red_metrics(rx: Receiver) {
     let chain = Chain::start();
     let prom_port = free_port();
-    let mut args: Vec<String> = chain
-        .pids()
-        .iter()
-        .flat_map(|p| ["--pid".to_string(), p.to_string()])
-        .collect();
+    let mut args = pid_args(&chain.pids());
     args.extend([
         "--otlp-endpoint".into(),
         rx.endpoint.clone(),
@@ -366,11 +362,7 @@ fn tempdir(name: &str) -> PathBuf {
 fn web_view_draws_the_live_map_in_headless_chromium() {
     let chain = Arc::new(Chain::start());
     let ui_port = free_port();
-    let mut args: Vec<String> = chain
-        .pids()
-        .iter()
-        .flat_map(|p| ["--pid".to_string(), p.to_string()])
-        .collect();
+    let mut args = pid_args(&chain.pids());
     args.extend(["--ui".into(), format!("127.0.0.1:{ui_port}")]);
     let agent = Agent::start(&args, &[]);
     agent.wait_log(&["web view", &ui_port.to_string()]);

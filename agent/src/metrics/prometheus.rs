@@ -148,30 +148,42 @@ pub fn render(snap: &Snapshot, out: &mut String) {
     }
 }
 
-/// The aggregation's own health, with the agent's counters.
+/// One unlabelled sample with its help and type.
+fn sample(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+/// The aggregation's own health.
 pub fn render_health(snap: &Snapshot, out: &mut String) {
-    let _ = writeln!(
+    sample(
         out,
-        "# HELP agent_metric_series_overflow_total Measurements recorded in an overflow series because the series limit was reached.\n\
-         # TYPE agent_metric_series_overflow_total counter\n\
-         agent_metric_series_overflow_total {}",
-        snap.overflowed
+        "agent_metric_series_overflow_total",
+        "counter",
+        "Measurements recorded in an overflow series because the series limit was reached.",
+        snap.overflowed,
     );
-    let _ = writeln!(
+    sample(
         out,
-        "# TYPE agent_metric_series gauge\nagent_metric_series {}",
-        snap.red.len() + snap.edges.len()
+        "agent_metric_series",
+        "gauge",
+        "Metric series held (RED and service graph).",
+        snap.red.len() + snap.edges.len(),
     );
-    let _ = writeln!(
+    sample(
         out,
-        "# HELP agent_service_graph_unpaired_total Client or server halves counted alone because the pairing table was full.\n\
-         # TYPE agent_service_graph_unpaired_total counter\n\
-         agent_service_graph_unpaired_total {}",
-        snap.unpaired_full
+        "agent_service_graph_unpaired_total",
+        "counter",
+        "Client or server halves counted alone because the pairing table was full.",
+        snap.unpaired_full,
     );
-    let _ = writeln!(
+    sample(
         out,
-        "# TYPE agent_service_graph_waiting gauge\nagent_service_graph_waiting {}",
-        snap.waiting
+        "agent_service_graph_waiting",
+        "gauge",
+        "Client or server halves waiting for their other half.",
+        snap.waiting,
     );
 }
