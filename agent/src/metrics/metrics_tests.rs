@@ -242,3 +242,52 @@ fn series_past_the_limit_overflow_and_are_counted() {
         "{text}"
     );
 }
+
+#[test]
+fn grpc_calls_use_the_rpc_instruments() {
+    let m = Metrics::new(100, None);
+    let svc = process(1, "catalog");
+    let rpc = [
+        ("rpc.system", s("grpc")),
+        ("rpc.service", s("shop.v1.Catalog")),
+        ("rpc.method", s("GetItem")),
+        ("rpc.grpc.status_code", Value::Int(0)),
+        ("url.path", s("/shop.v1.Catalog/GetItem")),
+    ];
+    m.observe(&span(SpanKind::Server, &svc, 1, 2, &rpc), Instant::now());
+    let mut call = span(SpanKind::Client, &svc, 2, 4, &rpc);
+    call.attributes.push(("server.address", s("10.0.0.2")));
+    call.attributes.push(("server.port", Value::Int(50051)));
+    m.observe(&call, Instant::now());
+    let snap = m.snapshot();
+    let server = snap
+        .red
+        .iter()
+        .find(|(k, _)| k.instrument == red::Instrument::RpcServer)
+        .unwrap();
+    let names: Vec<&str> = server.0.attributes.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        names,
+        [
+            "rpc.system",
+            "rpc.service",
+            "rpc.method",
+            "rpc.grpc.status_code"
+        ],
+        "never the path"
+    );
+    let client = snap
+        .red
+        .iter()
+        .find(|(k, _)| k.instrument == red::Instrument::RpcClient)
+        .unwrap();
+    assert!(client.0.attributes.iter().any(|(n, _)| *n == "server.port"));
+    let mut text = String::new();
+    prometheus::render(&snap, &mut text);
+    assert!(
+        text.contains(
+            "rpc_server_duration_seconds_count{service_name=\"catalog\",rpc_system=\"grpc\""
+        ),
+        "{text}"
+    );
+}
