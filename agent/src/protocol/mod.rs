@@ -9,6 +9,8 @@
 
 pub mod db;
 pub mod detect;
+#[cfg(test)]
+pub mod harness;
 pub mod http;
 pub mod http1;
 pub mod http2;

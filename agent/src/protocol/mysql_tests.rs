@@ -2,7 +2,7 @@
 //! without EOF packets), prepared statements, errors, INIT_DB, TLS, gaps and random input.
 
 use super::*;
-use crate::protocol::{Exchange, Record};
+use crate::protocol::harness::Harness;
 
 fn pkt(seq: u8, payload: &[u8]) -> Vec<u8> {
     let mut v = (payload.len() as u32).to_le_bytes()[..3].to_vec();
@@ -82,83 +82,10 @@ fn result_set(rows: usize, with_eof: bool) -> Vec<u8> {
     v
 }
 
-struct H {
-    my: Mysql,
-    req: Stream,
-    resp: Stream,
-    stats: Stats,
-    out: Vec<Record>,
-    clock: u64,
-}
-
-impl H {
-    fn new(from_start: bool) -> Self {
-        H {
-            my: Mysql::new(from_start),
-            req: Stream::new(1 << 20),
-            resp: Stream::new(1 << 20),
-            stats: Stats::default(),
-            out: Vec::new(),
-            clock: 0,
-        }
-    }
-
-    fn time(&mut self) -> SyscallTime {
-        self.clock += 10;
-        SyscallTime {
-            enter_ns: self.clock,
-            exit_ns: self.clock + 5,
-            tid: 1,
-        }
-    }
-
-    fn client(&mut self, b: &[u8]) {
-        let t = self.time();
-        self.req.push(b, b.len() as u64, t);
-        self.my
-            .feed_requests(&mut self.req, &self.stats, &mut self.out);
-    }
-
-    fn server_gap(&mut self, b: &[u8], len: u64) {
-        let t = self.time();
-        self.resp.push(b, len, t);
-        self.my
-            .feed_responses(&mut self.resp, &self.stats, &mut self.out);
-    }
-
-    fn server(&mut self, b: &[u8]) {
-        self.server_gap(b, b.len() as u64);
-    }
-
-    fn ops(&self) -> Vec<&Operation> {
-        self.out
-            .iter()
-            .filter_map(|r| match r {
-                Record::Finished {
-                    exchange: Exchange::Db(op),
-                    ..
-                } => Some(op),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn check_lifecycle(&self) {
-        let mut state = std::collections::HashMap::new();
-        for r in &self.out {
-            match r {
-                Record::Started(s) => assert!(state.insert(s.id, 1).is_none()),
-                Record::Finished { id, .. } | Record::Abandoned { id } => {
-                    assert_eq!(state.insert(*id, 2), Some(1), "{r:?}");
-                }
-            }
-        }
-        assert!(state.values().all(|v| *v == 2), "{:#?}", self.out);
-    }
-}
+type H = Harness<Mysql>;
 
 fn connected(version: &str) -> H {
-    let mut h = H::new(true);
+    let mut h = H::new(Mysql::new(true));
     h.server(&greeting(version));
     h.client(&handshake_response("shop"));
     h.server(&ok(2));
@@ -184,7 +111,7 @@ fn queries_with_and_without_eof_packets() {
         assert_eq!(ops[0].collection.as_deref(), Some("t"));
         assert_eq!(ops[0].rows, Some(3));
         assert_eq!(ops[1].operation.as_deref(), Some("UPDATE"));
-        h.my.close(&h.stats, &mut h.out);
+        h.parser.close(&h.stats, &mut h.out);
         h.check_lifecycle();
     }
 }
@@ -228,20 +155,20 @@ fn mariadb_errors_init_db_and_prepared_statements() {
     assert_eq!(ops[1].namespace.as_deref(), Some("billing"));
     assert_eq!(ops[1].rows, Some(1));
     assert!(ops[1].error.is_none());
-    h.my.close(&h.stats, &mut h.out);
+    h.parser.close(&h.stats, &mut h.out);
     h.check_lifecycle();
 }
 
 #[test]
 fn tls_request_makes_it_opaque() {
-    let mut h = H::new(true);
+    let mut h = H::new(Mysql::new(true));
     h.server(&greeting("8.0.36"));
     let mut ssl = (CLIENT_SSL | CLIENT_SECURE_CONNECTION)
         .to_le_bytes()
         .to_vec();
     ssl.extend_from_slice(&[0; 28]);
     h.client(&pkt(1, &ssl));
-    assert!(h.my.is_opaque());
+    assert!(h.parser.is_opaque());
     h.client(b"\x16\x03\x01\x02\x00encrypted");
     assert!(h.out.is_empty());
 }
@@ -259,7 +186,7 @@ fn large_result_in_a_gap_ends_before_the_next_command() {
     assert_eq!(h.ops()[0].last.enter_ns, last);
     h.server(&result_set(1, true));
     assert_eq!(h.ops().len(), 2);
-    h.my.close(&h.stats, &mut h.out);
+    h.parser.close(&h.stats, &mut h.out);
     h.check_lifecycle();
 }
 
@@ -335,7 +262,7 @@ fn fuzz_no_panic_no_mispairing() {
         if si < server.len() {
             h.server(&server[si..]);
         }
-        h.my.close(&h.stats, &mut h.out);
+        h.parser.close(&h.stats, &mut h.out);
         h.check_lifecycle();
         if !corrupt {
             for op in h.ops() {
@@ -345,11 +272,11 @@ fn fuzz_no_panic_no_mispairing() {
                 }
             }
         }
-        let mut g = H::new(round % 2 == 0);
+        let mut g = H::new(Mysql::new(round % 2 == 0));
         let junk: Vec<u8> = (0..200).map(|_| rnd(256) as u8).collect();
         g.server(&junk);
         g.client(&junk);
-        g.my.close(&g.stats, &mut g.out);
+        g.parser.close(&g.stats, &mut g.out);
         g.check_lifecycle();
     }
 }

@@ -2,7 +2,7 @@
 //! statements, errors, pipelining, SSL negotiation, capture gaps, and random input.
 
 use super::*;
-use crate::protocol::{Exchange, Record};
+use crate::protocol::harness::Harness;
 
 fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![kind];
@@ -81,96 +81,11 @@ fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
 }
 
-struct H {
-    pg: Postgres,
-    req: Stream,
-    resp: Stream,
-    stats: Stats,
-    out: Vec<Record>,
-    clock: u64,
-}
-
-impl H {
-    fn new(from_start: bool) -> Self {
-        H {
-            pg: Postgres::new(from_start),
-            req: Stream::new(1 << 20),
-            resp: Stream::new(1 << 20),
-            stats: Stats::default(),
-            out: Vec::new(),
-            clock: 0,
-        }
-    }
-
-    fn time(&mut self) -> SyscallTime {
-        self.clock += 10;
-        SyscallTime {
-            enter_ns: self.clock,
-            exit_ns: self.clock + 5,
-            tid: 1,
-        }
-    }
-
-    fn client(&mut self, bytes: &[u8]) {
-        self.client_gap(bytes, bytes.len() as u64);
-    }
-
-    fn client_gap(&mut self, captured: &[u8], len: u64) {
-        let t = self.time();
-        self.req.push(captured, len, t);
-        self.pg
-            .feed_requests(&mut self.req, &self.stats, &mut self.out);
-    }
-
-    fn server(&mut self, bytes: &[u8]) {
-        self.server_gap(bytes, bytes.len() as u64);
-    }
-
-    fn server_gap(&mut self, captured: &[u8], len: u64) {
-        let t = self.time();
-        self.resp.push(captured, len, t);
-        self.pg
-            .feed_responses(&mut self.resp, &self.stats, &mut self.out);
-    }
-
-    fn ops(&self) -> Vec<&Operation> {
-        self.out
-            .iter()
-            .filter_map(|r| match r {
-                Record::Finished {
-                    exchange: Exchange::Db(op),
-                    ..
-                } => Some(op),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn abandoned(&self) -> usize {
-        self.out
-            .iter()
-            .filter(|r| matches!(r, Record::Abandoned { .. }))
-            .count()
-    }
-
-    /// Every started unit ends exactly once (after close), and nothing ends unstarted.
-    fn check_lifecycle(&self) {
-        let mut state = std::collections::HashMap::new();
-        for r in &self.out {
-            match r {
-                Record::Started(s) => assert!(state.insert(s.id, 1).is_none(), "{r:?}"),
-                Record::Finished { id, .. } | Record::Abandoned { id } => {
-                    assert_eq!(state.insert(*id, 2), Some(1), "{r:?} in {:#?}", self.out);
-                }
-            }
-        }
-        assert!(state.values().all(|v| *v == 2), "{:#?}", self.out);
-    }
-}
+type H = Harness<Postgres>;
 
 #[test]
 fn simple_query_from_startup() {
-    let mut h = H::new(true);
+    let mut h = H::new(Postgres::new(true));
     h.client(&startup("shop", "orders_db"));
     h.server(&cat(&[msg(b'R', &[0, 0, 0, 0]), ready()]));
     h.client(&query(
@@ -197,13 +112,13 @@ fn simple_query_from_startup() {
     assert_eq!(op.rows, Some(2));
     assert!(op.error.is_none());
     assert!(op.first.enter_ns < op.last.enter_ns);
-    h.pg.close(&h.stats, &mut h.out);
+    h.parser.close(&h.stats, &mut h.out);
     h.check_lifecycle();
 }
 
 #[test]
 fn extended_protocol_with_named_statement() {
-    let mut h = H::new(false);
+    let mut h = H::new(Postgres::new(false));
     // Prepared once by name (no execute: no span), executed twice later.
     h.client(&cat(&[
         parse("find_user", "select * from users where id = $1"),
@@ -230,13 +145,13 @@ fn extended_protocol_with_named_statement() {
         assert_eq!(op.collection.as_deref(), Some("users"));
         assert_eq!(op.rows, Some(1));
     }
-    h.pg.close(&h.stats, &mut h.out);
+    h.parser.close(&h.stats, &mut h.out);
     h.check_lifecycle();
 }
 
 #[test]
 fn errors_and_skipped_operations() {
-    let mut h = H::new(false);
+    let mut h = H::new(Postgres::new(false));
     h.client(&query("SELECT * FROM nope"));
     h.server(&cat(&[error("42P01"), ready()]));
     // A pipelined batch whose first statement fails: the second is never run.
@@ -278,13 +193,13 @@ fn errors_and_skipped_operations() {
     );
     assert_eq!(h.abandoned(), 1, "the skipped insert");
     assert_eq!(h.ops()[0].operation.as_deref(), Some("SELECT"));
-    h.pg.close(&h.stats, &mut h.out);
+    h.parser.close(&h.stats, &mut h.out);
     h.check_lifecycle();
 }
 
 #[test]
 fn pipelined_executions_pair_in_order() {
-    let mut h = H::new(false);
+    let mut h = H::new(Postgres::new(false));
     h.client(&cat(&[
         parse("", "select 1 from t1"),
         bind("", ""),
@@ -310,13 +225,13 @@ fn pipelined_executions_pair_in_order() {
     }
     let names: Vec<_> = h.ops().iter().map(|o| o.collection.clone()).collect();
     assert_eq!(names, vec![Some("t1".to_string()), Some("t2".to_string())]);
-    h.pg.close(&h.stats, &mut h.out);
+    h.parser.close(&h.stats, &mut h.out);
     h.check_lifecycle();
 }
 
 #[test]
 fn ssl_negotiation() {
-    let mut refused = H::new(true);
+    let mut refused = H::new(Postgres::new(true));
     let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     refused.client(&ssl);
     refused.server(b"N");
@@ -326,10 +241,10 @@ fn ssl_negotiation() {
     refused.server(&cat(&[complete("SELECT 1"), ready()]));
     assert_eq!(refused.ops().len(), 1);
     assert_eq!(refused.ops()[0].namespace.as_deref(), Some("d"));
-    let mut accepted = H::new(true);
+    let mut accepted = H::new(Postgres::new(true));
     accepted.client(&ssl);
     accepted.server(b"S");
-    assert!(accepted.pg.is_opaque());
+    assert!(accepted.parser.is_opaque());
     accepted.client(b"\x16\x03\x01 encrypted");
     accepted.server(b"\x16\x03\x03 encrypted");
     assert!(accepted.out.is_empty());
@@ -337,7 +252,7 @@ fn ssl_negotiation() {
 
 #[test]
 fn large_result_in_a_gap_ends_before_the_next_query() {
-    let mut h = H::new(false);
+    let mut h = H::new(Postgres::new(false));
     h.client(&query("SELECT * FROM big"));
     // 1 MB of rows: only the first bytes captured, then the rest (tail with C and Z) unseen.
     let head = cat(&[msg(b'T', &[0, 0]), row()]);
@@ -351,7 +266,7 @@ fn large_result_in_a_gap_ends_before_the_next_query() {
     h.server(&cat(&[complete("SELECT 1"), ready()]));
     assert_eq!(h.ops().len(), 2);
     assert_eq!(h.ops()[1].query.as_deref(), Some("SELECT ?"));
-    h.pg.close(&h.stats, &mut h.out);
+    h.parser.close(&h.stats, &mut h.out);
     h.check_lifecycle();
 }
 
@@ -378,7 +293,7 @@ fn fuzz_no_panic_no_mispairing() {
         seed % n.max(1)
     };
     for round in 0..400 {
-        let mut h = H::new(round % 2 == 0);
+        let mut h = H::new(Postgres::new(round % 2 == 0));
         let mut client = if round % 2 == 0 {
             startup("u", "db")
         } else {
@@ -432,7 +347,7 @@ fn fuzz_no_panic_no_mispairing() {
             }
             i = end;
         }
-        h.pg.close(&h.stats, &mut h.out);
+        h.parser.close(&h.stats, &mut h.out);
         h.check_lifecycle();
         if !corrupt {
             for op in h.ops() {
@@ -451,11 +366,11 @@ fn fuzz_no_panic_no_mispairing() {
             }
         }
         // Pure garbage on both sides.
-        let mut g = H::new(round % 3 == 0);
+        let mut g = H::new(Postgres::new(round % 3 == 0));
         let junk: Vec<u8> = (0..300).map(|_| rnd(256) as u8).collect();
         g.client(&junk);
         g.server(&junk);
-        g.pg.close(&g.stats, &mut g.out);
+        g.parser.close(&g.stats, &mut g.out);
         g.check_lifecycle();
     }
 }

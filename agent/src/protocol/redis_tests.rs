@@ -2,7 +2,7 @@
 //! pushes, subscriptions, large values in gaps, and random input.
 
 use super::*;
-use crate::protocol::{Exchange, Record};
+use crate::protocol::harness::Harness;
 
 fn cmd(parts: &[&str]) -> Vec<u8> {
     let mut v = format!("*{}\r\n", parts.len()).into_bytes();
@@ -12,84 +12,11 @@ fn cmd(parts: &[&str]) -> Vec<u8> {
     v
 }
 
-struct H {
-    r: Redis,
-    req: Stream,
-    resp: Stream,
-    stats: Stats,
-    out: Vec<Record>,
-    clock: u64,
-}
-
-impl H {
-    fn new() -> Self {
-        H {
-            r: Redis::new(),
-            req: Stream::new(1 << 20),
-            resp: Stream::new(1 << 20),
-            stats: Stats::default(),
-            out: Vec::new(),
-            clock: 0,
-        }
-    }
-
-    fn time(&mut self) -> SyscallTime {
-        self.clock += 10;
-        SyscallTime {
-            enter_ns: self.clock,
-            exit_ns: self.clock + 5,
-            tid: 1,
-        }
-    }
-
-    fn client(&mut self, b: &[u8]) {
-        let t = self.time();
-        self.req.push(b, b.len() as u64, t);
-        self.r
-            .feed_requests(&mut self.req, &self.stats, &mut self.out);
-    }
-
-    fn server_gap(&mut self, b: &[u8], len: u64) {
-        let t = self.time();
-        self.resp.push(b, len, t);
-        self.r
-            .feed_responses(&mut self.resp, &self.stats, &mut self.out);
-    }
-
-    fn server(&mut self, b: &[u8]) {
-        self.server_gap(b, b.len() as u64);
-    }
-
-    fn ops(&self) -> Vec<&Operation> {
-        self.out
-            .iter()
-            .filter_map(|r| match r {
-                Record::Finished {
-                    exchange: Exchange::Db(op),
-                    ..
-                } => Some(op),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn check_lifecycle(&self) {
-        let mut state = std::collections::HashMap::new();
-        for r in &self.out {
-            match r {
-                Record::Started(s) => assert!(state.insert(s.id, 1).is_none()),
-                Record::Finished { id, .. } | Record::Abandoned { id } => {
-                    assert_eq!(state.insert(*id, 2), Some(1), "{r:?}");
-                }
-            }
-        }
-        assert!(state.values().all(|v| *v == 2), "{:#?}", self.out);
-    }
-}
+type H = Harness<Redis>;
 
 #[test]
 fn pipelined_commands_errors_and_select() {
-    let mut h = H::new();
+    let mut h = H::new(Redis::new());
     let batch = [
         cmd(&["SET", "user:1", "alice"]),
         cmd(&["GET", "user:1"]),
@@ -121,13 +48,13 @@ fn pipelined_commands_errors_and_select() {
     assert_eq!(ops[0].namespace.as_deref(), Some("0"));
     assert_eq!(ops[5].namespace.as_deref(), Some("3"), "after SELECT 3");
     assert_eq!(ops[0].system, System::Redis);
-    h.r.close(&h.stats, &mut h.out);
+    h.parser.close(&h.stats, &mut h.out);
     h.check_lifecycle();
 }
 
 #[test]
 fn resp3_maps_attributes_pushes_and_bulk_errors() {
-    let mut h = H::new();
+    let mut h = H::new(Redis::new());
     h.client(&cmd(&["HELLO", "3"]));
     h.server(b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n");
     h.client(&cmd(&["GET", "a"]));
@@ -144,13 +71,13 @@ fn resp3_maps_attributes_pushes_and_bulk_errors() {
         ops[2].error.as_ref().map(|e| e.code.as_str()),
         Some("SYNTAX")
     );
-    h.r.close(&h.stats, &mut h.out);
+    h.parser.close(&h.stats, &mut h.out);
     h.check_lifecycle();
 }
 
 #[test]
 fn inline_commands_subscriptions_and_large_values() {
-    let mut h = H::new();
+    let mut h = H::new(Redis::new());
     h.client(b"PING\r\n");
     h.server(b"+PONG\r\n");
     h.client(&cmd(&["GET", "big"]));
@@ -167,14 +94,14 @@ fn inline_commands_subscriptions_and_large_values() {
         .map(|o| o.operation.clone().unwrap())
         .collect();
     assert_eq!(names, ["PING", "GET", "SUBSCRIBE"]);
-    assert!(h.r.is_done());
-    h.r.close(&h.stats, &mut h.out);
+    assert!(h.parser.is_done());
+    h.parser.close(&h.stats, &mut h.out);
     h.check_lifecycle();
 }
 
 #[test]
 fn reply_header_in_a_gap_ends_at_the_next_command() {
-    let mut h = H::new();
+    let mut h = H::new(Redis::new());
     h.client(&cmd(&["LRANGE", "l", "0", "-1"]));
     // An array of many elements: element headers beyond the capture are lost.
     let mut reply = b"*100000\r\n".to_vec();
@@ -186,7 +113,7 @@ fn reply_header_in_a_gap_ends_at_the_next_command() {
     assert_eq!(h.ops()[0].last.enter_ns, last);
     h.server(b"$1\r\nv\r\n");
     assert_eq!(h.ops().len(), 2);
-    h.r.close(&h.stats, &mut h.out);
+    h.parser.close(&h.stats, &mut h.out);
     h.check_lifecycle();
 }
 
@@ -209,7 +136,7 @@ fn fuzz_no_panic_no_mispairing() {
         seed % n.max(1)
     };
     for round in 0..400 {
-        let mut h = H::new();
+        let mut h = H::new(Redis::new());
         let n = 1 + rnd(8);
         let mut client = Vec::new();
         let mut server = Vec::new();
@@ -250,7 +177,7 @@ fn fuzz_no_panic_no_mispairing() {
             }
             i = end;
         }
-        h.r.close(&h.stats, &mut h.out);
+        h.parser.close(&h.stats, &mut h.out);
         h.check_lifecycle();
         if !corrupt {
             for op in h.ops() {
@@ -260,11 +187,11 @@ fn fuzz_no_panic_no_mispairing() {
                 }
             }
         }
-        let mut g = H::new();
+        let mut g = H::new(Redis::new());
         let junk: Vec<u8> = (0..200).map(|_| rnd(256) as u8).collect();
         g.client(&junk);
         g.server(&junk);
-        g.r.close(&g.stats, &mut g.out);
+        g.parser.close(&g.stats, &mut g.out);
         g.check_lifecycle();
     }
 }

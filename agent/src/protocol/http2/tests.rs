@@ -3,7 +3,7 @@
 //! first seen mid-stream, the h2c upgrade, capture gaps, and random splits.
 
 use super::*;
-use crate::protocol::Record;
+use crate::protocol::{Record, harness::Harness};
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let mut v = (payload.len() as u32).to_be_bytes()[1..].to_vec();
@@ -36,84 +36,7 @@ impl Peer {
     }
 }
 
-struct H {
-    h2: Http2,
-    client_stream: Stream,
-    server_stream: Stream,
-    stats: Stats,
-    out: Vec<Record>,
-    clock: u64,
-}
-
-impl H {
-    fn new(h2: Http2) -> Self {
-        H {
-            h2,
-            client_stream: Stream::new(1 << 20),
-            server_stream: Stream::new(1 << 20),
-            stats: Stats::default(),
-            out: Vec::new(),
-            clock: 0,
-        }
-    }
-
-    fn time(&mut self) -> SyscallTime {
-        self.clock += 10;
-        SyscallTime {
-            enter_ns: self.clock,
-            exit_ns: self.clock + 5,
-            tid: 1,
-        }
-    }
-
-    fn client_gap(&mut self, b: &[u8], len: u64) {
-        let t = self.time();
-        self.client_stream.push(b, len, t);
-        self.h2
-            .feed_requests(&mut self.client_stream, &self.stats, &mut self.out);
-    }
-
-    fn client(&mut self, b: &[u8]) {
-        self.client_gap(b, b.len() as u64);
-    }
-
-    fn server_gap(&mut self, b: &[u8], len: u64) {
-        let t = self.time();
-        self.server_stream.push(b, len, t);
-        self.h2
-            .feed_responses(&mut self.server_stream, &self.stats, &mut self.out);
-    }
-
-    fn server(&mut self, b: &[u8]) {
-        self.server_gap(b, b.len() as u64);
-    }
-
-    fn exchanges(&self) -> Vec<(u64, &http::Exchange)> {
-        self.out
-            .iter()
-            .filter_map(|r| match r {
-                Record::Finished {
-                    id,
-                    exchange: Exchange::Http(e),
-                } => Some((*id, e)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn check_lifecycle(&self) {
-        let mut state = std::collections::HashMap::new();
-        for r in &self.out {
-            match r {
-                Record::Started(s) => assert!(state.insert(s.id, 1).is_none(), "{r:?}"),
-                Record::Finished { id, .. } | Record::Abandoned { id } => {
-                    assert_eq!(state.insert(*id, 2), Some(1), "{r:?}");
-                }
-            }
-        }
-        assert!(state.values().all(|v| *v == 2), "{:#?}", self.out);
-    }
-}
+type H = Harness<Http2>;
 
 const GET: &[(&str, &str)] = &[
     (":method", "GET"),
@@ -154,7 +77,7 @@ fn prior_knowledge_get() {
             ..
         })
     ));
-    h.h2.close(&h.stats, &mut h.out);
+    h.parser.close(&h.stats, &mut h.out);
     h.check_lifecycle();
 }
 
@@ -232,7 +155,7 @@ fn multiplexed_streams_answered_out_of_order() {
             ("/b".to_string(), 500)
         ]
     );
-    h.h2.close(&h.stats, &mut h.out);
+    h.parser.close(&h.stats, &mut h.out);
     h.check_lifecycle();
 }
 
@@ -393,7 +316,7 @@ fn frame_header_in_a_gap_resyncs_and_forgets_the_table() {
     assert_eq!(ex.len(), 1);
     // Its status was encoded against table entries the agent lost: unknown, not guessed.
     assert!(ex[0].1.response.status == 200 || ex[0].1.response.status == 0);
-    h.h2.close(&h.stats, &mut h.out);
+    h.parser.close(&h.stats, &mut h.out);
     h.check_lifecycle();
 }
 
@@ -460,7 +383,7 @@ fn random_splits_and_garbage() {
                 i = end;
             }
         }
-        h.h2.close(&h.stats, &mut h.out);
+        h.parser.close(&h.stats, &mut h.out);
         h.check_lifecycle();
         if round % 4 != 0 {
             for (_, e) in h.exchanges() {
@@ -484,7 +407,7 @@ fn random_splits_and_garbage() {
         let junk: Vec<u8> = (0..300).map(|_| rnd(256) as u8).collect();
         g.client(&junk);
         g.server(&junk);
-        g.h2.close(&g.stats, &mut g.out);
+        g.parser.close(&g.stats, &mut g.out);
         g.check_lifecycle();
     }
 }

@@ -1,0 +1,141 @@
+//! The parsers' common test harness: one connection's two streams, fed a syscall at a time with
+//! increasing kernel times, and the records the parser produced.
+
+use super::{Exchange, Record, db::Operation, http};
+use crate::{
+    conn::{Stream, SyscallTime},
+    stats::Stats,
+};
+
+/// A parser that reads both directions of a connection.
+pub trait Feed {
+    fn feed_requests(&mut self, s: &mut Stream, stats: &Stats, out: &mut Vec<Record>);
+    fn feed_responses(&mut self, s: &mut Stream, stats: &Stats, out: &mut Vec<Record>);
+}
+
+macro_rules! feed {
+    ($($t:ty),*) => {$(
+        impl Feed for $t {
+            fn feed_requests(&mut self, s: &mut Stream, stats: &Stats, out: &mut Vec<Record>) {
+                <$t>::feed_requests(self, s, stats, out)
+            }
+            fn feed_responses(&mut self, s: &mut Stream, stats: &Stats, out: &mut Vec<Record>) {
+                <$t>::feed_responses(self, s, stats, out)
+            }
+        }
+    )*};
+}
+
+feed!(
+    super::mysql::Mysql,
+    super::postgres::Postgres,
+    super::redis::Redis,
+    super::http2::Http2
+);
+
+/// One connection under test.
+pub struct Harness<P> {
+    pub parser: P,
+    pub req: Stream,
+    pub resp: Stream,
+    pub stats: Stats,
+    pub out: Vec<Record>,
+    /// The kernel time of the last syscall fed.
+    pub clock: u64,
+}
+
+impl<P: Feed> Harness<P> {
+    pub fn new(parser: P) -> Self {
+        Harness {
+            parser,
+            req: Stream::new(1 << 20),
+            resp: Stream::new(1 << 20),
+            stats: Stats::default(),
+            out: Vec::new(),
+            clock: 0,
+        }
+    }
+
+    fn time(&mut self) -> SyscallTime {
+        self.clock += 10;
+        SyscallTime {
+            enter_ns: self.clock,
+            exit_ns: self.clock + 5,
+            tid: 1,
+        }
+    }
+
+    /// The client wrote `len` bytes of which `captured` were copied.
+    pub fn client_gap(&mut self, captured: &[u8], len: u64) {
+        let t = self.time();
+        self.req.push(captured, len, t);
+        self.parser
+            .feed_requests(&mut self.req, &self.stats, &mut self.out);
+    }
+
+    pub fn client(&mut self, b: &[u8]) {
+        self.client_gap(b, b.len() as u64);
+    }
+
+    /// The server wrote `len` bytes of which `captured` were copied.
+    pub fn server_gap(&mut self, captured: &[u8], len: u64) {
+        let t = self.time();
+        self.resp.push(captured, len, t);
+        self.parser
+            .feed_responses(&mut self.resp, &self.stats, &mut self.out);
+    }
+
+    pub fn server(&mut self, b: &[u8]) {
+        self.server_gap(b, b.len() as u64);
+    }
+
+    /// The database operations finished so far.
+    pub fn ops(&self) -> Vec<&Operation> {
+        self.out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Finished {
+                    exchange: Exchange::Db(op),
+                    ..
+                } => Some(op),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The HTTP exchanges finished so far, with their ids.
+    pub fn exchanges(&self) -> Vec<(u64, &http::Exchange)> {
+        self.out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Finished {
+                    id,
+                    exchange: Exchange::Http(e),
+                } => Some((*id, e)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Requests abandoned so far.
+    pub fn abandoned(&self) -> usize {
+        self.out
+            .iter()
+            .filter(|r| matches!(r, Record::Abandoned { .. }))
+            .count()
+    }
+
+    /// Every started request ends exactly once (after close), and nothing ends unstarted.
+    pub fn check_lifecycle(&self) {
+        let mut state = std::collections::HashMap::new();
+        for r in &self.out {
+            match r {
+                Record::Started(s) => assert!(state.insert(s.id, 1).is_none(), "{r:?}"),
+                Record::Finished { id, .. } | Record::Abandoned { id } => {
+                    assert_eq!(state.insert(*id, 2), Some(1), "{r:?}");
+                }
+            }
+        }
+        assert!(state.values().all(|v| *v == 2), "{:#?}", self.out);
+    }
+}
