@@ -260,8 +260,9 @@ fn openssl_s_server_and_s_client() {
     );
 }
 
-#[test]
-fn node_https_pair_with_memory_bios() {
+/// Runs node_https.js as a server and as a client in `mode` requesting `paths`, both traced;
+/// returns the spans of the exchange (a SERVER and a CLIENT span per path).
+fn node_https(mode: &str, paths: &[&str], rx: Receiver) -> Vec<RecvSpan> {
     let cert = Cert::new();
     let port = free_port();
     let server = Proc::spawn(
@@ -275,12 +276,11 @@ fn node_https_pair_with_memory_bios() {
     let mut client = Proc::spawn(
         Command::new("node")
             .arg(peer("node_https.js"))
-            .args(["client", &port.to_string()])
+            .args([mode, &port.to_string()])
             .arg(&cert.cert)
-            .args(["/hello", "/missing", "/items?id=7"]),
+            .args(paths),
     );
     wait_ready(&client, "node https client");
-    let rx = Receiver::http();
     let agent = Agent::tracing(&[server.pid(), client.pid()], &rx);
     agent.wait_log(&["probing TLS library", &format!("pid={}", client.pid())]);
     client.send_line("go");
@@ -289,9 +289,19 @@ fn node_https_pair_with_memory_bios() {
         "{:?}",
         client.stderr.get()
     );
-    let spans = rx.settle(6);
+    let spans = rx.settle(2 * paths.len());
     agent.stop();
-    assert_eq!(spans.len(), 6, "{spans:#?}");
+    assert_eq!(spans.len(), 2 * paths.len(), "{spans:#?}");
+    spans
+}
+
+#[test]
+fn node_https_pair_with_memory_bios() {
+    let spans = node_https(
+        "client",
+        &["/hello", "/missing", "/items?id=7"],
+        Receiver::http(),
+    );
     for path in ["/hello", "/missing", "/items"] {
         let pair: Vec<_> = spans
             .iter()
@@ -322,37 +332,8 @@ fn node_https_pair_with_memory_bios() {
 fn node_https_new_connection_per_request() {
     // Each request on its own TLS connection: OpenSSL objects are freed and allocated again,
     // often at the same address; each must be tied to its own connection.
-    let cert = Cert::new();
-    let port = free_port();
-    let server = Proc::spawn(
-        Command::new("node")
-            .arg(peer("node_https.js"))
-            .args(["server", &port.to_string()])
-            .arg(&cert.cert)
-            .arg(&cert.key),
-    );
-    wait_ready(&server, "node https server");
     let paths = ["/a", "/b", "/c", "/d", "/e"];
-    let mut client = Proc::spawn(
-        Command::new("node")
-            .arg(peer("node_https.js"))
-            .args(["fresh-client", &port.to_string()])
-            .arg(&cert.cert)
-            .args(paths),
-    );
-    wait_ready(&client, "node https client");
-    let rx = Receiver::grpc();
-    let agent = Agent::tracing(&[server.pid(), client.pid()], &rx);
-    agent.wait_log(&["probing TLS library", &format!("pid={}", client.pid())]);
-    client.send_line("go");
-    assert!(
-        client.wait(Duration::from_secs(30)).success(),
-        "{:?}",
-        client.stderr.get()
-    );
-    let spans = rx.settle(10);
-    agent.stop();
-    assert_eq!(spans.len(), 10, "{spans:#?}");
+    let spans = node_https("fresh-client", &paths, Receiver::grpc());
     let mut ports = std::collections::HashSet::new();
     for path in paths {
         let server_span = one(&spans, SERVER, "node", path);
