@@ -17,6 +17,7 @@ pub mod elf;
 pub mod export;
 pub mod k8s;
 pub mod loader;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod process;

@@ -225,6 +225,9 @@ pub async fn run(config: Config) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigusr1 = signal(SignalKind::user_defined1())?;
     stats.set_ready();
+    // Start-up (BTF, ELF symbol tables, the /proc scan) freed tens of MiB the allocator would
+    // otherwise keep resident.
+    crate::memory::release_freed();
     info!("ready: tracing {description}");
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
     let mut report = tokio::time::interval(Duration::from_secs(30));

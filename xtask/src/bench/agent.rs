@@ -65,6 +65,9 @@ impl AgentRun {
         let agent = Spawned::start_logged("agent", &mut cmd, &log)?;
         procs::wait_log(&log, "ready: tracing", Duration::from_secs(60))
             .context("the agent did not start")?;
+        // The peak measured is the peak under load: start-up (BTF parsing, the /proc scan) is
+        // one-off and already handed back.
+        procs::reset_peak_rss(agent.pid())?;
         Ok(AgentRun {
             agent,
             prometheus,

@@ -49,6 +49,10 @@ struct Ctx {
 pub fn run(opts: Options, agent_bin: PathBuf, root: PathBuf) -> Result<()> {
     let work = root.join("target/bench");
     std::fs::create_dir_all(&work)?;
+    let files = procs::raise_fd_limit(65_536)?;
+    if files < 12_000 {
+        eprintln!("open-file limit {files}: the 10k-connection scenario will fail");
+    }
     let _stats = procs::BpfStats::enable()?;
     // A real OTLP collector that discards what it receives: export costs what it costs.
     let otlp_port = procs::free_port()?;
@@ -77,8 +81,21 @@ pub fn run(opts: Options, agent_bin: PathBuf, root: PathBuf) -> Result<()> {
     }
     let mut rows = Vec::new();
     let wanted = |name: &str| ctx.opts.only.as_deref().is_none_or(|o| name.contains(o));
-    if wanted("nginx") {
-        rows.extend(nginx(&ctx)?);
+    for (name, load) in [
+        ("nginx-saturated", Load::Saturate { connections: 50 }),
+        // Ten thousand open keep-alive connections, each making a request a second: what the
+        // agent's memory costs per connection.
+        (
+            "nginx-10k-connections",
+            Load::Fixed {
+                connections: 10_000,
+                delay_ms: 1000,
+            },
+        ),
+    ] {
+        if wanted(name) {
+            rows.extend(nginx(&ctx, name, load)?);
+        }
     }
     for (name, load) in [
         (
@@ -109,9 +126,8 @@ fn rotel() -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-fn nginx(ctx: &Ctx) -> Result<Vec<Row>> {
-    let nginx = Nginx::start(&ctx.work.join("nginx"))?;
-    let load = Load::Saturate { connections: 50 };
+fn nginx(ctx: &Ctx, name: &str, load: Load) -> Result<Vec<Row>> {
+    let nginx = Nginx::start(&ctx.work.join(name))?;
     let duration = Duration::from_secs(ctx.opts.seconds);
     let mut rows = Vec::new();
     // Warm-up, unmeasured.
@@ -127,8 +143,8 @@ fn nginx(ctx: &Ctx) -> Result<Vec<Row>> {
                 (Some(a), Some(b)) => Some(a.finish(b, &outcome, 1)?),
                 _ => None,
             };
-            eprintln!("nginx round {round} {mode:?}: {:.0} req/s", outcome.rps);
-            rows.push(Row::new("nginx-saturated", mode, round, outcome, cost));
+            eprintln!("{name} round {round} {mode:?}: {:.0} req/s", outcome.rps);
+            rows.push(Row::new(name, mode, round, outcome, cost));
         }
     }
     Ok(rows)

@@ -106,6 +106,34 @@ pub fn cpu_us(pid: u32) -> Result<u64> {
     Ok(ticks * 1_000_000 / hz)
 }
 
+/// Lets this process and the load generators and servers it starts open up to `n` files (the
+/// 10k-connection scenario), as far as the hard limit allows; returns the limit set.
+pub fn raise_fd_limit(n: u64) -> Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or fill the struct given, which outlives the calls.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        bail!("getrlimit: {}", std::io::Error::last_os_error());
+    }
+    limit.rlim_cur = n.min(limit.rlim_max);
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        bail!(
+            "cannot raise the open-file limit to {}: {}",
+            limit.rlim_cur,
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// Resets a process's `VmHWM` to its current resident size.
+pub fn reset_peak_rss(pid: u32) -> Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("resetting the peak RSS of pid {pid}"))
+}
+
 /// Peak resident memory (`VmHWM`) of a process, in KiB.
 pub fn peak_rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -196,6 +196,13 @@ fn check(scenario: &str, bare: &Summary, agent: &Summary, sdk: &Summary) -> Vec<
         agent.cpu_us_per_request,
         mark(agent.cpu_us_per_request <= 2.0)
     ));
+    if scenario.contains("10k-connections") {
+        out.push(format!(
+            "{scenario}: agent peak RSS {:.1} MiB ≤ 64 MiB at 10k connections: {}",
+            agent.peak_rss_mib,
+            mark(agent.peak_rss_mib <= 64.0)
+        ));
+    }
     out.push(format!(
         "{scenario}: no request without a span ({}), no silent loss ({} counted): {}",
         agent.requests_without_span,

@@ -20,8 +20,9 @@ impl Nginx {
         std::fs::write(dir.join("index.html"), "ok\n")?;
         let d = dir.display();
         let conf = format!(
-            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  \
+            "daemon off;\nworker_processes 1;\nworker_rlimit_nofile 65536;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\nevents {{ worker_connections 16384; }}\nhttp {{\n  \
+             access_log off;\n  \
              client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  \
              uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  server {{\n    \
              listen 127.0.0.1:{port};\n    root {d};\n  }}\n}}\n"
