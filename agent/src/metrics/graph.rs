@@ -9,7 +9,7 @@
 //! `connection_type="database"`.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -43,6 +43,8 @@ pub struct Request {
 
 #[derive(Debug)]
 struct ClientHalf {
+    /// When it started waiting.
+    at: Instant,
     service: Arc<str>,
     /// The server as named by address, should no SERVER span pair with this one.
     server_address: Arc<str>,
@@ -52,6 +54,7 @@ struct ClientHalf {
 
 #[derive(Debug)]
 struct ServerHalf {
+    at: Instant,
     service: Arc<str>,
     client_address: Arc<str>,
     seconds: f64,
@@ -65,8 +68,6 @@ pub struct Pairing {
     clients: HashMap<[u8; 8], ClientHalf>,
     /// SERVER spans by parent span id, waiting for their CLIENT span.
     servers: HashMap<[u8; 8], ServerHalf>,
-    /// Arrival order, for expiry: (when, span id, is a client half).
-    order: VecDeque<(Instant, [u8; 8], bool)>,
     /// Halves counted alone because the waiting table was full.
     pub unpaired_full: u64,
 }
@@ -96,6 +97,7 @@ impl Pairing {
         match span.kind {
             SpanKind::Server => {
                 let half = ServerHalf {
+                    at: now,
                     service,
                     client_address: address_name(span, "client.address", None),
                     seconds: secs,
@@ -107,7 +109,6 @@ impl Pairing {
                         Some(c) => out.push(paired(c, half)),
                         None if self.servers.len() < MAX_WAITING => {
                             self.servers.insert(p, half);
-                            self.order.push_back((now, p, false));
                         }
                         None => {
                             self.unpaired_full += 1;
@@ -120,6 +121,7 @@ impl Pairing {
             SpanKind::Client => {
                 let database = span.attr("db.system.name").is_some();
                 let half = ClientHalf {
+                    at: now,
                     service,
                     server_address: address_name(span, "server.address", Some("server.port")),
                     seconds: secs,
@@ -133,7 +135,6 @@ impl Pairing {
                     out.push(paired(half, s));
                 } else if self.clients.len() < MAX_WAITING {
                     self.clients.insert(span.span_id, half);
-                    self.order.push_back((now, span.span_id, true));
                 } else {
                     self.unpaired_full += 1;
                     out.push(client_alone(half, ""));
@@ -142,26 +143,41 @@ impl Pairing {
         }
     }
 
-    /// Counts alone the halves that waited longer than [`PAIR_WAIT`].
+    /// Counts alone the halves that waited longer than [`PAIR_WAIT`]. A scan of both tables
+    /// (at most `2 × MAX_WAITING` entries, a few times a second) keeps memory bounded by the
+    /// tables alone, however fast pairs complete.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Request>) {
-        while let Some(&(at, id, is_client)) = self.order.front() {
-            if now.saturating_duration_since(at) < PAIR_WAIT {
-                break;
-            }
-            self.order.pop_front();
-            if is_client {
+        let old = |at: Instant| now.saturating_duration_since(at) >= PAIR_WAIT;
+        if self.clients.values().any(|c| old(c.at)) {
+            let expired: Vec<[u8; 8]> = self
+                .clients
+                .iter()
+                .filter(|(_, c)| old(c.at))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
                 if let Some(c) = self.clients.remove(&id) {
                     out.push(client_alone(c, ""));
                 }
-            } else if let Some(s) = self.servers.remove(&id) {
-                out.push(server_alone(s));
+            }
+        }
+        if self.servers.values().any(|s| old(s.at)) {
+            let expired: Vec<[u8; 8]> = self
+                .servers
+                .iter()
+                .filter(|(_, s)| old(s.at))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                if let Some(s) = self.servers.remove(&id) {
+                    out.push(server_alone(s));
+                }
             }
         }
     }
 
     /// Counts every waiting half alone (at shutdown).
     pub fn flush(&mut self, out: &mut Vec<Request>) {
-        self.order.clear();
         out.extend(self.clients.drain().map(|(_, c)| client_alone(c, "")));
         out.extend(self.servers.drain().map(|(_, s)| server_alone(s)));
     }
