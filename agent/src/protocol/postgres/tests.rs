@@ -2,6 +2,7 @@
 //! statements, errors, pipelining, SSL negotiation, capture gaps, and random input.
 
 use super::*;
+use crate::protocol::db::System;
 use crate::protocol::harness::Harness;
 
 fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
