@@ -9,6 +9,7 @@
 //! a syscall that starts with a plausible frame; its header table is then marked as having
 //! missed insertions, and streams waiting on it are given up.
 
+mod frame;
 pub mod hpack;
 
 use std::collections::{HashMap, VecDeque};
@@ -23,19 +24,11 @@ use crate::{
     stats::Stats,
     trace::propagation,
 };
+use frame::*;
+pub use frame::{first_headers_is_request, looks_like_frames};
 
 /// The client connection preface.
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const PUSH_PROMISE: u8 = 0x5;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
 
 /// Record ids of HTTP/2 streams: the stream id above this bit, so that they never meet the
 /// HTTP/1 ids of an upgraded connection.
@@ -94,90 +87,6 @@ pub struct Http2 {
     streams: HashMap<u32, StreamState>,
     /// Stream ids in the order they opened, to bound the table.
     order: VecDeque<u32>,
-}
-
-/// A frame header.
-#[derive(Debug, Clone, Copy)]
-struct FrameHeader {
-    len: u32,
-    kind: u8,
-    flags: u8,
-    stream: u32,
-}
-
-fn frame_header(h: &[u8]) -> FrameHeader {
-    FrameHeader {
-        len: u32::from_be_bytes([0, h[0], h[1], h[2]]),
-        kind: h[3],
-        flags: h[4],
-        stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
-    }
-}
-
-/// A frame header that the protocol allows: a known type on the right kind of stream, of a
-/// reasonable size (used to resynchronise and to recognise HTTP/2 mid-stream).
-fn plausible(h: &[u8]) -> bool {
-    if h.len() < 9 || h[5] & 0x80 != 0 {
-        return false;
-    }
-    let f = frame_header(h);
-    let on_stream = f.stream != 0;
-    f.len <= 1 << 20
-        && match f.kind {
-            DATA | HEADERS | 0x2 | RST_STREAM | PUSH_PROMISE | CONTINUATION => on_stream,
-            0x4 => !on_stream && f.len.is_multiple_of(6),
-            0x6 => !on_stream && f.len == 8,
-            0x7 => !on_stream && f.len >= 8,
-            0x8 => f.len == 4,
-            _ => false,
-        }
-}
-
-/// Whether captured bytes that start a syscall are HTTP/2 frames: every frame header plausible
-/// up to the end of the captured bytes, at least one frame whole.
-pub fn looks_like_frames(b: &[u8]) -> bool {
-    let mut pos = 0;
-    let mut whole = 0;
-    while pos + 9 <= b.len() {
-        if !plausible(&b[pos..]) {
-            return false;
-        }
-        let len = frame_header(&b[pos..]).len as usize;
-        pos += 9 + len;
-        if pos <= b.len() {
-            whole += 1;
-        }
-    }
-    whole >= 1 && (pos == b.len() || pos > b.len())
-}
-
-/// Which way the first HEADERS frame in `b` goes: `Some(true)` when it carries a request.
-pub fn first_headers_is_request(b: &[u8]) -> Option<bool> {
-    let mut pos = 0;
-    while pos + 9 <= b.len() {
-        let f = frame_header(&b[pos..]);
-        if f.kind == HEADERS {
-            let payload = &b[pos + 9..b.len().min(pos + 9 + f.len as usize)];
-            return header_fragment(payload, f.flags).and_then(hpack::starts_request);
-        }
-        pos += 9 + f.len as usize;
-    }
-    None
-}
-
-/// The header block fragment of a HEADERS frame payload (padding and priority removed).
-fn header_fragment(p: &[u8], flags: u8) -> Option<&[u8]> {
-    let mut start = 0;
-    let mut end = p.len();
-    if flags & PADDED != 0 {
-        let pad = *p.first()? as usize;
-        start = 1;
-        end = end.checked_sub(pad)?;
-    }
-    if flags & PRIORITY != 0 {
-        start += 5;
-    }
-    p.get(start..end)
 }
 
 impl Http2 {
@@ -594,21 +503,6 @@ impl Http2 {
         for stream in open {
             self.abandon(stream, stats, out);
         }
-    }
-}
-
-/// Known frame types (RFC 9113 §6); others are skipped.
-fn plausible_kind(kind: u8) -> bool {
-    kind <= CONTINUATION
-}
-
-/// Body bytes of a DATA frame: its length minus padding.
-fn payload_len(len: u32, flags: u8, payload: &[u8]) -> u64 {
-    if flags & PADDED != 0 {
-        let pad = payload.first().copied().unwrap_or(0) as u64;
-        (len as u64).saturating_sub(1 + pad)
-    } else {
-        len as u64
     }
 }
 
