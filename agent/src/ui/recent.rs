@@ -15,6 +15,8 @@ use crate::trace::{Span, SpanKind, Status, Value};
 const MAX_TRACES: usize = 1000;
 /// Spans kept per trace.
 const MAX_SPANS: usize = 200;
+/// Spans kept in all (about 10 MiB): the oldest traces go first to stay under it.
+const MAX_TOTAL_SPANS: usize = 20_000;
 /// Traces listed as slowest, and as failed.
 const LISTED: usize = 10;
 
@@ -72,8 +74,21 @@ pub struct Lists {
 struct Inner {
     traces: HashMap<[u8; 16], Vec<SpanView>>,
     order: VecDeque<[u8; 16]>,
+    /// Spans held, over all traces.
+    spans: usize,
     /// Spans not kept because their trace had too many already.
     truncated: u64,
+}
+
+impl Inner {
+    /// Forgets the oldest trace.
+    fn evict_oldest(&mut self) {
+        if let Some(old) = self.order.pop_front()
+            && let Some(spans) = self.traces.remove(&old)
+        {
+            self.spans -= spans.len();
+        }
+    }
 }
 
 /// The store.
@@ -149,21 +164,24 @@ impl Recent {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let inner = &mut *inner;
+        while inner.spans >= MAX_TOTAL_SPANS && !inner.order.is_empty() {
+            inner.evict_oldest();
+        }
         if let Some(spans) = inner.traces.get_mut(&span.trace_id) {
             if spans.len() < MAX_SPANS {
                 spans.push(view(span));
+                inner.spans += 1;
             } else {
                 inner.truncated += 1;
             }
             return;
         }
-        if inner.order.len() >= MAX_TRACES
-            && let Some(old) = inner.order.pop_front()
-        {
-            inner.traces.remove(&old);
+        if inner.order.len() >= MAX_TRACES {
+            inner.evict_oldest();
         }
         inner.order.push_back(span.trace_id);
         inner.traces.insert(span.trace_id, vec![view(span)]);
+        inner.spans += 1;
     }
 
     /// The slowest traces kept, and the most recent failed ones.
@@ -280,5 +298,21 @@ mod tests {
         }
         assert_eq!(recent.trace(&newest).unwrap().len(), MAX_SPANS);
         assert_eq!(recent.truncated(), 6);
+        // Full traces: the total bound makes the oldest go, whatever the trace count.
+        for t in 0..(MAX_TOTAL_SPANS / MAX_SPANS + 5) as u64 {
+            let mut id = [7u8; 16];
+            id[..8].copy_from_slice(&t.to_le_bytes());
+            for _ in 0..MAX_SPANS {
+                let mut s = server(&p, 3, "/", 200);
+                s.trace_id = id;
+                recent.observe(&s);
+            }
+        }
+        let inner = recent.inner.lock().unwrap();
+        assert!(inner.spans <= MAX_TOTAL_SPANS, "{}", inner.spans);
+        assert_eq!(
+            inner.spans,
+            inner.traces.values().map(Vec::len).sum::<usize>()
+        );
     }
 }
