@@ -245,6 +245,8 @@ exclude:
   - exe: "/usr/sbin/sshd"
 otlp_endpoint: http://collector:4317
 prometheus_port: 9400
+ui: 127.0.0.1:8090
+metric_series_limit: 500
 routes:
   - /users/{name}
 kubernetes: "off"
@@ -272,6 +274,8 @@ format: json
         assert_eq!(c.format, Format::Json);
         assert_eq!(c.prometheus_port, Some(9400));
         assert_eq!(c.routes.route("/users/bob"), "/users/{name}");
+        assert_eq!(c.ui, Some("127.0.0.1:8090".parse().unwrap()));
+        assert_eq!(c.metric_series_limit, 500);
         assert_eq!(c.kubernetes.mode, k8s::Mode::Off);
         assert_eq!(c.otlp_endpoint.as_deref(), Some("http://collector:4317"));
         assert_eq!(c.ring_buffer_mib, 16);
