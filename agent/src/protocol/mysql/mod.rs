@@ -12,9 +12,9 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::{
-    Exchange, Record,
-    db::{self, DbError, Operation, System},
-    sql::{self, Dialect},
+    Record,
+    db::{self, DbError, System},
+    sql::Dialect,
     wire::{self, Msg},
 };
 use crate::{
@@ -84,13 +84,8 @@ struct Command {
     init_db: Option<String>,
 }
 
-#[derive(Debug)]
-struct Unit {
-    query: Option<String>,
-    first: SyscallTime,
-    rows: u64,
-    error: Option<DbError>,
-}
+/// A span in progress.
+type Unit = db::SqlUnit;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -295,15 +290,7 @@ impl Mysql {
         let id = self.next_id;
         self.next_id += 1;
         out.push(db::started(id, first));
-        self.units.insert(
-            id,
-            Unit {
-                query,
-                first,
-                rows: 0,
-                error: None,
-            },
-        );
+        self.units.insert(id, Unit::new(query, first));
         id
     }
 
@@ -311,19 +298,7 @@ impl Mysql {
         self.pending.clear();
         self.answer = Answer::First;
         self.expect_seq = 1;
-        let keep = self.lost_unit;
-        let mut ids: Vec<u64> = self
-            .units
-            .keys()
-            .copied()
-            .filter(|id| Some(*id) != keep)
-            .collect();
-        ids.sort_unstable();
-        for id in &ids {
-            self.units.remove(id);
-        }
-        stats.add(&stats.requests_unanswered, ids.len() as u64);
-        out.extend(ids.into_iter().map(|id| Record::Abandoned { id }));
+        db::abandon_units(&mut self.units, self.lost_unit, stats, out);
     }
 
     /// The connection closed.

@@ -196,27 +196,15 @@ impl Mysql {
     }
 
     pub(super) fn finish(&mut self, id: u64, last: SyscallTime, out: &mut Vec<Record>) {
-        let Some(u) = self.units.remove(&id) else {
-            return;
-        };
-        let (operation, collection) = u
-            .query
-            .as_deref()
-            .map_or((None, None), |q| sql::describe(q, Dialect::Mysql));
-        out.push(Record::Finished {
-            id,
-            exchange: Exchange::Db(Operation {
-                system: self.system,
-                operation,
-                collection,
-                query: u.query.as_deref().map(|q| sql::sanitize(q, Dialect::Mysql)),
-                namespace: self.namespace.clone(),
-                error: u.error,
-                rows: Some(u.rows),
-                first: u.first,
+        if let Some(u) = self.units.remove(&id) {
+            out.push(u.finished(
+                id,
+                self.system,
+                Dialect::Mysql,
+                self.namespace.clone(),
                 last,
-            }),
-        });
+            ));
+        }
     }
 }
 

@@ -13,8 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::{
-    Record,
-    db::{self, DbError},
+    Record, db,
     wire::{self, Msg, cstr},
 };
 use crate::{
@@ -53,13 +52,7 @@ struct Op {
 }
 
 /// A span in progress.
-#[derive(Debug)]
-struct Unit {
-    query: Option<String>,
-    first: SyscallTime,
-    rows: u64,
-    error: Option<DbError>,
-}
+type Unit = db::SqlUnit;
 
 /// How the start of the connection went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,15 +328,7 @@ impl Postgres {
         out: &mut Vec<Record>,
     ) {
         out.push(db::started(id, first));
-        self.units.insert(
-            id,
-            Unit {
-                query,
-                first,
-                rows: 0,
-                error: None,
-            },
-        );
+        self.units.insert(id, Unit::new(query, first));
     }
 
     fn push(&mut self, kind: OpKind, unit: Option<u64>, stats: &Stats, out: &mut Vec<Record>) {
@@ -369,19 +354,7 @@ impl Postgres {
         self.pending.clear();
         self.open = None;
         self.skipping = false;
-        let keep = self.lost_unit;
-        let mut ids: Vec<u64> = self
-            .units
-            .keys()
-            .copied()
-            .filter(|id| Some(*id) != keep)
-            .collect();
-        ids.sort_unstable();
-        for id in &ids {
-            self.units.remove(id);
-        }
-        stats.add(&stats.requests_unanswered, ids.len() as u64);
-        out.extend(ids.into_iter().map(|id| Record::Abandoned { id }));
+        db::abandon_units(&mut self.units, self.lost_unit, stats, out);
     }
 
     /// The connection closed: an answer cut short by a gap ends here; units still waiting are

@@ -5,9 +5,9 @@ use super::{OpKind, Postgres, Startup, typed_len};
 use crate::{
     conn::{Stream, SyscallTime},
     protocol::{
-        Exchange, Record,
-        db::{DbError, Operation, System},
-        sql::{self, Dialect},
+        Record,
+        db::{DbError, System},
+        sql::Dialect,
         wire::{self, Msg},
     },
     stats::Stats,
@@ -175,30 +175,15 @@ impl Postgres {
 
     /// Ends a unit: its span's exchange.
     pub(super) fn finish(&mut self, id: u64, last: SyscallTime, out: &mut Vec<Record>) {
-        let Some(u) = self.units.remove(&id) else {
-            return;
-        };
-        let (operation, collection) = u
-            .query
-            .as_deref()
-            .map_or((None, None), |q| sql::describe(q, Dialect::Postgres));
-        out.push(Record::Finished {
-            id,
-            exchange: Exchange::Db(Operation {
-                system: System::Postgresql,
-                operation,
-                collection,
-                query: u
-                    .query
-                    .as_deref()
-                    .map(|q| sql::sanitize(q, Dialect::Postgres)),
-                namespace: self.namespace.clone(),
-                error: u.error,
-                rows: Some(u.rows),
-                first: u.first,
+        if let Some(u) = self.units.remove(&id) {
+            out.push(u.finished(
+                id,
+                System::Postgresql,
+                Dialect::Postgres,
+                self.namespace.clone(),
                 last,
-            }),
-        });
+            ));
+        }
     }
 }
 
