@@ -148,32 +148,16 @@ impl Pairing {
     /// tables alone, however fast pairs complete.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Request>) {
         let old = |at: Instant| now.saturating_duration_since(at) >= PAIR_WAIT;
-        if self.clients.values().any(|c| old(c.at)) {
-            let expired: Vec<[u8; 8]> = self
-                .clients
-                .iter()
-                .filter(|(_, c)| old(c.at))
-                .map(|(id, _)| *id)
-                .collect();
-            for id in expired {
-                if let Some(c) = self.clients.remove(&id) {
-                    out.push(client_alone(c, ""));
-                }
-            }
-        }
-        if self.servers.values().any(|s| old(s.at)) {
-            let expired: Vec<[u8; 8]> = self
-                .servers
-                .iter()
-                .filter(|(_, s)| old(s.at))
-                .map(|(id, _)| *id)
-                .collect();
-            for id in expired {
-                if let Some(s) = self.servers.remove(&id) {
-                    out.push(server_alone(s));
-                }
-            }
-        }
+        out.extend(
+            self.clients
+                .extract_if(|_, c| old(c.at))
+                .map(|(_, c)| client_alone(c, "")),
+        );
+        out.extend(
+            self.servers
+                .extract_if(|_, s| old(s.at))
+                .map(|(_, s)| server_alone(s)),
+        );
     }
 
     /// Counts every waiting half alone (at shutdown).
