@@ -11,6 +11,7 @@ pub mod servers;
 use std::{
     io::{BufRead, BufReader, Write},
     net::TcpStream,
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -89,7 +90,9 @@ impl Lines {
     }
 }
 
-/// A child process killed when dropped.
+/// A child process killed when dropped, with every process it started (it leads its own
+/// process group: servers such as nginx and hypercorn fork workers that would otherwise outlive
+/// the test).
 pub struct Proc {
     pub child: Child,
     pub stdout: Lines,
@@ -97,9 +100,10 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawns a program with piped output.
+    /// Spawns a program with piped output, in a process group of its own.
     pub fn spawn(cmd: &mut Command) -> Self {
         let mut child = cmd
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -152,6 +156,8 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group our child leads (see `spawn`).
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
