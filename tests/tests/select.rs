@@ -277,7 +277,7 @@ fn forking_servers_children_are_traced_and_exits_end_connections() {
         .iter()
         .map(|s| res(s, "process.pid").unwrap_or(""))
         .collect();
-    assert_eq!(children.len(), 3, "one child per request");
+    assert_eq!(children.len(), 3, "one child per request: {per:#?}");
     assert!(!children.contains(per_request.pid().to_string().as_str()));
     for sp in &per {
         let body = sp.attr("http.response.body.size").unwrap_or("0");
