@@ -89,6 +89,43 @@ impl<P: Feed> Harness<P> {
         self.server_gap(b, b.len() as u64);
     }
 
+    /// Feeds `bytes` as the client in random pieces of 1 to `max_piece` bytes.
+    pub fn client_in_pieces(
+        &mut self,
+        bytes: &[u8],
+        max_piece: u64,
+        rnd: &mut impl FnMut(u64) -> u64,
+    ) {
+        let mut i = 0;
+        while i < bytes.len() {
+            let end = (i + 1 + rnd(max_piece) as usize).min(bytes.len());
+            self.client(&bytes[i..end]);
+            i = end;
+        }
+    }
+
+    /// Feeds `bytes` as the server in random pieces of 1 to `max_piece` bytes, about one piece
+    /// in `gap_one_in` only partly captured.
+    pub fn server_in_pieces(
+        &mut self,
+        bytes: &[u8],
+        max_piece: u64,
+        gap_one_in: u64,
+        rnd: &mut impl FnMut(u64) -> u64,
+    ) {
+        let mut i = 0;
+        while i < bytes.len() {
+            let end = (i + 1 + rnd(max_piece) as usize).min(bytes.len());
+            if rnd(gap_one_in) == 0 {
+                let cap = rnd((end - i) as u64) as usize;
+                self.server_gap(&bytes[i..i + cap], (end - i) as u64);
+            } else {
+                self.server(&bytes[i..end]);
+            }
+            i = end;
+        }
+    }
+
     /// The database operations finished so far.
     pub fn ops(&self) -> Vec<&Operation> {
         self.out

@@ -160,23 +160,8 @@ fn fuzz_no_panic_no_mispairing() {
             let at = rnd(server.len() as u64) as usize;
             server[at] = rnd(256) as u8;
         }
-        let mut i = 0;
-        while i < client.len() {
-            let end = (i + 1 + rnd(20) as usize).min(client.len());
-            h.client(&client[i..end]);
-            i = end;
-        }
-        let mut i = 0;
-        while i < server.len() {
-            let end = (i + 1 + rnd(20) as usize).min(server.len());
-            if rnd(15) == 0 {
-                let cap = rnd((end - i) as u64) as usize;
-                h.server_gap(&server[i..i + cap], (end - i) as u64);
-            } else {
-                h.server(&server[i..end]);
-            }
-            i = end;
-        }
+        h.client_in_pieces(&client, 20, &mut rnd);
+        h.server_in_pieces(&server, 20, 15, &mut rnd);
         h.parser.close(&h.stats, &mut h.out);
         h.check_lifecycle();
         if !corrupt {
