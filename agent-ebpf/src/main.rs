@@ -1,7 +1,7 @@
 //! Kernel programs of the agent.
 //!
 //! Syscall tracepoints record the socket traffic of traced processes: every `sys_enter_*` program
-//! saves the arguments of a read/write-type syscall in `INFLIGHT`, and the matching `sys_exit_*`
+//! saves the arguments of a read/write-type syscall in its thread's `INFLIGHT` slot, and the matching `sys_exit_*`
 //! program, once the syscall has moved bytes on a TCP socket, copies a bounded payload prefix and
 //! sends it with the connection's 4-tuple through the `EVENTS` ring buffer. `connect`, `accept`,
 //! `accept4` and `close` mark connection boundaries and roles; the `sched` programs keep the
@@ -11,6 +11,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod inflight;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

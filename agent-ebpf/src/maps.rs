@@ -6,7 +6,7 @@ use aya_ebpf::{
     Global,
     helpers::bpf_get_current_cgroup_id,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// Kernel struct offsets from BTF, written by the loader before the programs are loaded.
@@ -67,9 +67,25 @@ pub static SELECT_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1_024, 0);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// Arguments of a syscall in progress, keyed by pid_tgid, from its enter to its exit tracepoint.
+/// Arguments of a syscall in progress, from its enter to its exit tracepoint: one slot per
+/// thread, at `tid % INFLIGHT_SLOTS`, owned by the `pid_tgid` written in it. An array slot costs
+/// the exit program of every thread (traced or not) one inlined load, where a hash map cost a
+/// lookup, and the enter and exit of a traced call an insert and a delete.
 #[map]
-pub static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(65_536, 0);
+pub static INFLIGHT: Array<Inflight> = Array::with_max_entries(INFLIGHT_SLOTS, 0);
+
+/// Number of `INFLIGHT` slots (a power of two). Thread ids are below it on hosts with the
+/// kernel's default `pid_max` (32768); above it, two threads share a slot.
+pub const INFLIGHT_SLOTS: u32 = 65_536;
+
+/// Where a thread's call goes when a live thread sharing its slot is inside a call too (only
+/// possible when `pid_max` exceeds `INFLIGHT_SLOTS`), keyed by pid_tgid.
+#[map]
+pub static INFLIGHT_SPILL: HashMap<u64, Inflight> = HashMap::with_max_entries(16_384, 0);
+
+/// Set once any TLS library call was seen: until then, socket syscalls skip the TLS checks.
+#[map]
+pub static TLS_SEEN: Array<u32> = Array::with_max_entries(1, 0);
 
 /// (tgid << 32 | fd) → what that fd is. LRU: an evicted entry is simply resolved again.
 #[map]
@@ -102,6 +118,8 @@ pub enum BufKind {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Inflight {
+    /// The thread whose call this is (0: the slot is free).
+    pub owner: u64,
     pub enter_ns: u64,
     pub buf: u64,
     pub count: u64,
@@ -109,7 +127,9 @@ pub struct Inflight {
     pub syscall: u8,
     pub direction: u8,
     pub kind: BufKind,
-    pub _pad: u8,
+    /// Set (and never cleared) on a slot when another thread sharing it spilled its call into
+    /// `INFLIGHT_SPILL`: only then do exits that miss the slot look there.
+    pub spilled: u8,
 }
 
 /// `bpf_ringbuf_output` flag: wake the reader now.

@@ -13,6 +13,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 
+use crate::inflight;
 use crate::maps::{
     BY_FORK, EVENTS, EXCLUDED_TGIDS, FORCE_WAKEUP, OFFSETS, SETTINGS, TRACED_TGIDS, count,
     is_traced,
@@ -96,6 +97,8 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 /// `close` call, so this is the only sign that its connections ended).
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    // Every thread passes here: one that dies inside a call frees its slot.
+    inflight::forget(bpf_get_current_pid_tgid());
     let off = OFFSETS.load();
     // SAFETY: helper without preconditions.
     let task = unsafe { bpf_get_current_task() };

@@ -7,15 +7,17 @@ use agent_common::{
     PROC_MMAP_EXEC, PROC_PORT, ROLE_CLIENT, ROLE_SERVER, counter, syscall,
 };
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
 
 use crate::{
+    inflight,
     maps::{
-        BY_PORT, BufKind, CONNS, INFLIGHT, Inflight, TRACED_TGIDS, count, is_selected_port,
-        is_traced, may_select_by_port,
+        BY_PORT, BufKind, CONNS, Inflight, TRACED_TGIDS, count, is_selected_port, is_traced,
+        may_select_by_port,
     },
     payload::{emit_data, emit_header},
     process,
@@ -25,25 +27,26 @@ use crate::{
 
 const EINPROGRESS: i64 = 115;
 
+/// Argument `n` of a `sys_enter_*` record. A direct load from the context, which the verifier
+/// checks once at load time (a `bpf_probe_read` per argument cost a helper call each).
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: reading the tracepoint record; arguments are at 16 + 8 * n.
-    unsafe { ctx.read_at::<u64>(16 + 8 * n) }.unwrap_or(0)
+    // SAFETY: the record is at least 16 + 8 * 6 bytes; arguments are at 16 + 8 * n.
+    unsafe { *(ctx.as_ptr() as *const u64).add(2 + n) }
 }
 
+/// The return value of a `sys_exit_*` record, at byte 16.
 #[inline(always)]
 fn ret(ctx: &TracePointContext) -> i64 {
-    // SAFETY: the return value of a sys_exit record is at 16.
-    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
+    // SAFETY: as for `arg`.
+    unsafe { *(ctx.as_ptr() as *const i64).add(2) }
 }
 
 /// Takes the arguments its enter program saved for this thread's syscall.
 #[inline(always)]
 fn take_inflight(pid_tgid: u64) -> Option<Inflight> {
-    // SAFETY: plain-old-data value copied out immediately.
-    let args = unsafe { INFLIGHT.get(pid_tgid) }.copied()?;
-    let _ = INFLIGHT.remove(pid_tgid);
-    Some(args)
+    let args = inflight::take(pid_tgid);
+    if args.owner == 0 { None } else { Some(args) }
 }
 
 /// Saves the arguments of a syscall of a traced process until its exit.
@@ -65,7 +68,8 @@ fn save(
     kind: BufKind,
     buf_arg: usize,
 ) -> u32 {
-    let args = Inflight {
+    inflight::save(Inflight {
+        owner: pid_tgid,
         // SAFETY: helper without preconditions.
         enter_ns: unsafe { bpf_ktime_get_ns() },
         fd: arg(ctx, 0) as i32,
@@ -74,11 +78,8 @@ fn save(
         syscall: sc,
         direction,
         kind,
-        _pad: 0,
-    };
-    if INFLIGHT.insert(pid_tgid, args, 0).is_err() {
-        count(counter::LOST_INFLIGHT_FULL);
-    }
+        spilled: 0,
+    });
     0
 }
 

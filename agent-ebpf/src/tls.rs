@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{BufKind, Inflight, count, is_traced},
+    maps::{BufKind, Inflight, TLS_SEEN, count, is_traced},
     payload::emit_data,
     sock::lookup,
 };
@@ -119,6 +119,12 @@ fn is_bound(tgid: u32, ssl: u64) -> bool {
 /// write, whose bytes are ciphertext the TLS probes report in the clear.
 #[inline(always)]
 pub fn on_socket_syscall(pid_tgid: u64, fd: i32, sock: u64, egress: bool) -> bool {
+    // Until a TLS call was seen, there is nothing to bind: one inlined load instead of two hash
+    // lookups on every socket syscall of a service that never uses TLS.
+    match TLS_SEEN.get(0) {
+        Some(&0) | None => return false,
+        Some(_) => {}
+    }
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: plain-old-data value copied out immediately.
     if let Some(call) = unsafe { TLS_CALLS.get(pid_tgid) }.copied() {
@@ -160,6 +166,14 @@ pub fn ssl_enter(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !is_traced((pid_tgid >> 32) as u32) {
         return 0;
+    }
+    if let Some(seen) = TLS_SEEN.get_ptr_mut(0) {
+        // SAFETY: a plain flag; written once, racing writers all write 1.
+        unsafe {
+            if *seen == 0 {
+                *seen = 1;
+            }
+        }
     }
     // SAFETY: the helper reads the cookie of the link that ran this program.
     let func = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
@@ -266,6 +280,7 @@ pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
         ..EventHeader::default()
     };
     let args = Inflight {
+        owner: pid_tgid,
         enter_ns: call.enter_ns,
         buf: call.buf,
         count: moved as u64,
@@ -273,7 +288,7 @@ pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
         syscall: header.syscall,
         direction: header.direction,
         kind: BufKind::Plain,
-        _pad: 0,
+        spilled: 0,
     };
     emit_data(&args, header, moved as u64);
     0

@@ -1,0 +1,88 @@
+//! A syscall's arguments from its enter to its exit tracepoint, in the calling thread's
+//! `INFLIGHT` slot. The exit tracepoint of every thread on the host looks at its slot, so the
+//! common miss is one inlined array load; only threads that shared a slot with a live call
+//! (hosts whose `pid_max` exceeds `INFLIGHT_SLOTS`) go through the `INFLIGHT_SPILL` hash map.
+
+use agent_common::counter;
+
+use crate::maps::{BufKind, INFLIGHT, INFLIGHT_SLOTS, INFLIGHT_SPILL, Inflight, count};
+
+/// "No call in progress" (`owner == 0`): a sentinel rather than an `Option`, whose `None`
+/// would leave registers the verifier refuses to see copied undefined.
+pub const NONE: Inflight = Inflight {
+    owner: 0,
+    enter_ns: 0,
+    buf: 0,
+    count: 0,
+    fd: -1,
+    syscall: 0,
+    direction: 0,
+    kind: BufKind::None,
+    spilled: 0,
+};
+
+#[inline(always)]
+fn slot(pid_tgid: u64) -> Option<*mut Inflight> {
+    INFLIGHT.get_ptr_mut((pid_tgid as u32) & (INFLIGHT_SLOTS - 1))
+}
+
+/// Saves `args` as the call of thread `args.owner`.
+#[inline(always)]
+pub fn save(args: Inflight) {
+    let pid_tgid = args.owner;
+    let Some(slot) = slot(pid_tgid) else {
+        return;
+    };
+    // SAFETY: array slots live as long as the map; a thread writes only its own slot (see below
+    // for the one byte it may set in another's).
+    let slot = unsafe { &mut *slot };
+    let owner = slot.owner;
+    // Another thread id in the slot is a live call (a thread's slot is freed by its exit, and
+    // by `forget` when the thread dies); the same thread id of another process is a stale one.
+    if owner != 0 && owner != pid_tgid && owner as u32 != pid_tgid as u32 {
+        if INFLIGHT_SPILL.insert(pid_tgid, args, 0).is_err() {
+            count(counter::LOST_INFLIGHT_FULL);
+        }
+        slot.spilled = 1;
+        return;
+    }
+    // Field by field, leaving `spilled` alone, and the owner last.
+    slot.enter_ns = args.enter_ns;
+    slot.buf = args.buf;
+    slot.count = args.count;
+    slot.fd = args.fd;
+    slot.syscall = args.syscall;
+    slot.direction = args.direction;
+    slot.kind = args.kind;
+    slot.owner = pid_tgid;
+}
+
+/// Takes the call this thread saved, or `NONE`.
+#[inline(always)]
+pub fn take(pid_tgid: u64) -> Inflight {
+    let Some(slot) = slot(pid_tgid) else {
+        return NONE;
+    };
+    // SAFETY: as in `save`.
+    let slot = unsafe { &mut *slot };
+    if slot.owner == pid_tgid {
+        let args = *slot;
+        slot.owner = 0;
+        return args;
+    }
+    if slot.spilled != 0 {
+        // SAFETY: plain-old-data value copied out immediately.
+        if let Some(args) = unsafe { INFLIGHT_SPILL.get(pid_tgid) }.copied() {
+            let _ = INFLIGHT_SPILL.remove(pid_tgid);
+            return args;
+        }
+    }
+    NONE
+}
+
+/// Frees the slot of a dying thread that died inside a call (a thread blocked in `read` when
+/// its process exits), so that the next thread with its id starts clean.
+#[inline(always)]
+pub fn forget(pid_tgid: u64) {
+    let _ = take(pid_tgid);
+}
