@@ -139,6 +139,76 @@ impl Target {
         })
     }
 
+    /// The full URL requests go to, as the OTLP exporter specification resolves it: the
+    /// command line's base endpoint, else `OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT` as given, else
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (OTLP/HTTP appending the signal's path), else localhost on
+    /// the protocol's port.
+    pub fn resolved_url(&self) -> String {
+        if let Some(url) = self.url() {
+            return url;
+        }
+        if let Some(url) = env(&format!(
+            "OTEL_EXPORTER_OTLP_{}_ENDPOINT",
+            self.signal.upper()
+        )) {
+            return url.trim().to_string();
+        }
+        let base = env("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| e.trim().to_string());
+        match self.protocol {
+            Protocol::Grpc => base.unwrap_or_else(|| "http://localhost:4317".into()),
+            Protocol::HttpProtobuf => format!(
+                "{}{}",
+                base.as_deref()
+                    .unwrap_or("http://localhost:4318")
+                    .trim_end_matches('/'),
+                self.signal.path()
+            ),
+        }
+    }
+
+    /// Headers sent with every request: `OTEL_EXPORTER_OTLP_HEADERS`, then
+    /// `OTEL_EXPORTER_OTLP_{SIGNAL}_HEADERS` (whose keys win), each `key=value,...` with
+    /// percent-encoded keys and values.
+    pub fn headers(&self) -> Result<Vec<(String, String)>> {
+        let mut headers: Vec<(String, String)> = Vec::new();
+        let signal = format!("OTEL_EXPORTER_OTLP_{}_HEADERS", self.signal.upper());
+        for name in ["OTEL_EXPORTER_OTLP_HEADERS", signal.as_str()] {
+            let Some(list) = env(name) else { continue };
+            for pair in list.split(',').filter(|p| !p.trim().is_empty()) {
+                let (k, v) = pair
+                    .split_once('=')
+                    .with_context(|| format!("{name}: {pair:?} is not key=value"))?;
+                let k = percent_decode(k.trim()).to_ascii_lowercase();
+                let v = percent_decode(v.trim());
+                headers.retain(|(known, _)| *known != k);
+                headers.push((k, v));
+            }
+        }
+        Ok(headers)
+    }
+
+    /// How long one export may take: `OTEL_EXPORTER_OTLP_{SIGNAL}_TIMEOUT`, else
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, in milliseconds; 10 s by default.
+    pub fn timeout(&self) -> Result<std::time::Duration> {
+        let signal = format!("OTEL_EXPORTER_OTLP_{}_TIMEOUT", self.signal.upper());
+        let ms = match env(&signal) {
+            Some(_) => env_number(&signal, 10_000)?,
+            None => env_number("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?,
+        };
+        Ok(std::time::Duration::from_millis(ms.max(1)))
+    }
+
+    /// Refuses a compression the agent does not do, rather than sending what the collector would
+    /// not expect.
+    pub fn check_compression(&self) -> Result<()> {
+        let signal = format!("OTEL_EXPORTER_OTLP_{}_COMPRESSION", self.signal.upper());
+        match env(&signal).or_else(|| env("OTEL_EXPORTER_OTLP_COMPRESSION")) {
+            None => Ok(()),
+            Some(c) if c.trim() == "none" => Ok(()),
+            Some(c) => bail!("OTLP compression {c:?} is not supported; use none"),
+        }
+    }
+
     /// A description for the start-up log.
     pub fn describe(&self) -> String {
         let ep = self
@@ -156,9 +226,37 @@ impl Target {
     }
 }
 
+/// Decodes `%XX` escapes (W3C baggage-style header lists); anything else is kept as is.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_lists_are_percent_decoded() {
+        assert_eq!(percent_decode("a%20b%3Dc"), "a b=c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
 
     #[test]
     fn http_endpoints_get_the_signal_path() {

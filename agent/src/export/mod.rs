@@ -3,7 +3,9 @@
 
 pub mod endpoint;
 pub mod otlp;
+pub mod proto;
 pub mod stdout;
+pub mod transport;
 
 use std::sync::Arc;
 

@@ -1,36 +1,26 @@
-//! OTLP export through `opentelemetry-otlp`, gRPC or http/protobuf, configured by the standard
+//! OTLP trace export, gRPC or http/protobuf, configured by the standard
 //! `OTEL_EXPORTER_OTLP_*` variables (or `--otlp-endpoint`).
 //!
 //! One agent traces many processes, and each is its own OpenTelemetry resource (service.name,
-//! process.pid, ...). An OTLP exporter carries one resource, so the agent keeps one exporter per
-//! traced process (bounded), groups each batch by process, and sends each group through its
-//! process's exporter. Batching follows `OTEL_BSP_SCHEDULE_DELAY` and
-//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
+//! process.pid, ...). A batch becomes one `ExportTraceServiceRequest` with a `ResourceSpans` per
+//! process, encoded straight from the agent's spans (`proto`) with each process's resource
+//! encoded once and kept (bounded), and sent by `transport`. Batching follows
+//! `OTEL_BSP_SCHEDULE_DELAY` and `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
 
-use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use anyhow::{Context as _, Result};
-use opentelemetry::{
-    InstrumentationScope, KeyValue,
-    trace::{
-        SpanContext, SpanId, SpanKind as OtelKind, Status as OtelStatus, TraceFlags, TraceId,
-        TraceState,
-    },
-};
-use opentelemetry_otlp::{SpanExporter, WithExportConfig as _};
-use opentelemetry_sdk::{
-    Resource,
-    trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks},
-};
+use anyhow::Result;
+use opentelemetry::{KeyValue, trace::TraceState};
+use opentelemetry_sdk::Resource;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use super::endpoint::{Protocol, Signal, Target, env_number};
-use crate::{
-    process::ProcessInfo,
-    stats::Stats,
-    trace::{Span, SpanKind, Status, Value},
+use super::{
+    endpoint::{Signal, Target, env_number},
+    proto::{self, AnyValue, Writer},
+    transport::Transport,
 };
+use crate::{process::ProcessInfo, stats::Stats, trace::Span};
 
 /// Resolved OTLP trace settings.
 #[derive(Debug, Clone)]
@@ -38,8 +28,8 @@ pub struct Config {
     pub target: Target,
     pub batch_delay: Duration,
     pub batch_size: usize,
-    /// Most traced processes with an exporter of their own at once.
-    pub max_exporters: usize,
+    /// Most traced processes whose encoded resource is kept at once.
+    pub max_resources: usize,
 }
 
 impl Config {
@@ -56,7 +46,7 @@ impl Config {
             target,
             batch_delay: Duration::from_millis(env_number("OTEL_BSP_SCHEDULE_DELAY", 5000)?),
             batch_size: env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?.max(1) as usize,
-            max_exporters: 1024,
+            max_resources: 1024,
         }))
     }
 
@@ -65,151 +55,84 @@ impl Config {
         self.target.describe()
     }
 
-    /// Builds an exporter (checks the configuration; connections are made lazily).
-    fn build(&self) -> Result<SpanExporter> {
-        let url = self.target.url();
-        let exporter = match self.target.protocol {
-            Protocol::Grpc => {
-                let b = SpanExporter::builder().with_tonic();
-                match url {
-                    Some(ep) => b.with_endpoint(ep).build(),
-                    None => b.build(),
-                }
-            }
-            Protocol::HttpProtobuf => {
-                let b = SpanExporter::builder().with_http();
-                match url {
-                    Some(ep) => b.with_endpoint(ep).build(),
-                    None => b.build(),
-                }
-            }
-        };
-        exporter.context("invalid OTLP exporter configuration")
-    }
-
     /// Fails early, at start-up, on a configuration the exporter refuses.
     pub fn validate(&self) -> Result<()> {
-        self.build().map(drop)
+        Transport::new(&self.target).map(drop)
     }
 }
 
-/// Resource attributes of a traced process.
-pub fn resource(p: &ProcessInfo) -> Resource {
+/// Resource attributes of a traced process: its own `OTEL_RESOURCE_ATTRIBUTES` and `k8s.*`
+/// first, then the agent's keys, which win over any of the same name.
+pub fn resource_attributes(p: &ProcessInfo) -> Vec<(&str, AnyValue<'_>)> {
+    let own: [(&str, AnyValue<'_>); 9] = [
+        ("service.name", AnyValue::Str(&p.service_name)),
+        ("process.pid", AnyValue::Int(i64::from(p.pid))),
+        ("process.executable.name", AnyValue::Str(&p.executable_name)),
+        ("process.executable.path", AnyValue::Str(&p.executable_path)),
+        ("process.command_line", AnyValue::Str(&p.command_line)),
+        ("host.name", AnyValue::Str(&p.host_name)),
+        ("telemetry.sdk.name", AnyValue::Str(env!("CARGO_PKG_NAME"))),
+        ("telemetry.sdk.language", AnyValue::Str("rust")),
+        (
+            "telemetry.sdk.version",
+            AnyValue::Str(env!("CARGO_PKG_VERSION")),
+        ),
+    ];
     let runtime = p
         .runtime
         .name()
-        .map(|n| KeyValue::new("process.runtime.name", n));
+        .map(|n| ("process.runtime.name", AnyValue::Str(n)));
     let container = p
         .container_id
-        .clone()
-        .map(|id| KeyValue::new("container.id", id));
-    // The process's own OTEL_RESOURCE_ATTRIBUTES and k8s.*; the agent's own keys below win.
-    let extra = p
+        .as_deref()
+        .map(|id| ("container.id", AnyValue::Str(id)));
+    let agent: Vec<_> = runtime.into_iter().chain(container).chain(own).collect();
+    let mut all: Vec<_> = p
         .attributes
         .iter()
-        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()));
-    Resource::builder_empty()
-        .with_attributes(extra)
-        .with_attributes(runtime)
-        .with_attributes(container)
-        .with_attributes([
-            KeyValue::new("service.name", p.service_name.clone()),
-            KeyValue::new("process.pid", i64::from(p.pid)),
-            KeyValue::new("process.executable.name", p.executable_name.clone()),
-            KeyValue::new("process.executable.path", p.executable_path.clone()),
-            KeyValue::new("process.command_line", p.command_line.clone()),
-            KeyValue::new("host.name", p.host_name.clone()),
-            KeyValue::new("telemetry.sdk.name", env!("CARGO_PKG_NAME")),
-            KeyValue::new("telemetry.sdk.language", "rust"),
-            KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
-        ])
-        .build()
-}
-
-/// Converts one span to the SDK's export type, moving its strings rather than copying them.
-pub fn span_data(s: Span) -> SpanData {
-    let attributes = s
-        .attributes
-        .into_iter()
-        .map(|(k, v)| match v {
-            Value::Str(x) => KeyValue::new(k, x),
-            Value::Int(i) => KeyValue::new(k, i),
-        })
+        .filter(|(k, _)| !agent.iter().any(|(a, _)| a == k))
+        .map(|(k, v)| (k.as_str(), AnyValue::Str(v)))
         .collect();
-    // A tracestate that does not parse (it came from the wire) is dropped rather than sent on.
-    let trace_state = if s.trace_state.is_empty() {
-        TraceState::default()
-    } else {
-        s.trace_state.parse().unwrap_or_default()
-    };
-    SpanData {
-        span_context: SpanContext::new(
-            TraceId::from_bytes(s.trace_id),
-            SpanId::from_bytes(s.span_id),
-            if s.sampled {
-                TraceFlags::SAMPLED
-            } else {
-                TraceFlags::default()
-            },
-            false,
-            trace_state,
-        ),
-        parent_span_id: s.parent_span_id.map_or(SpanId::INVALID, SpanId::from_bytes),
-        parent_span_is_remote: s.parent_remote,
-        span_kind: match s.kind {
-            SpanKind::Server => OtelKind::Server,
-            SpanKind::Client => OtelKind::Client,
-        },
-        name: Cow::Owned(s.name),
-        start_time: s.start,
-        end_time: s.end,
-        attributes,
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status: match s.status {
-            Status::Error => OtelStatus::error(""),
-            Status::Unset => OtelStatus::Unset,
-        },
-        instrumentation_scope: scope().clone(),
-    }
+    all.extend(agent);
+    all
 }
 
-/// The agent as the instrumentation scope of every span, built once.
-fn scope() -> &'static InstrumentationScope {
-    static SCOPE: std::sync::OnceLock<InstrumentationScope> = std::sync::OnceLock::new();
-    SCOPE.get_or_init(|| {
-        InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
-            .with_version(env!("CARGO_PKG_VERSION"))
-            .build()
-    })
+/// The same attributes as the SDK's resource (for the metrics exporter).
+pub fn resource(p: &ProcessInfo) -> Resource {
+    let attributes = resource_attributes(p).into_iter().map(|(k, v)| match v {
+        AnyValue::Str(s) => KeyValue::new(k.to_string(), s.to_string()),
+        AnyValue::Int(i) => KeyValue::new(k.to_string(), i),
+    });
+    Resource::builder_empty()
+        .with_attributes(attributes)
+        .build()
 }
 
 /// Batches exported at once: one round trip at a time cannot keep up with a busy host.
 const IN_FLIGHT: usize = 4;
 
-/// Exporters per traced process, and the exports in flight.
-struct Exporters {
-    config: Config,
-    by_pid: HashMap<u32, (Arc<ProcessInfo>, Arc<SpanExporter>)>,
+/// The transport, the processes' encoded resources, and the exports in flight.
+struct Exporter {
+    transport: Transport,
+    max_resources: usize,
+    resources: HashMap<u32, (Arc<ProcessInfo>, Arc<[u8]>)>,
     in_flight: tokio::task::JoinSet<()>,
 }
 
-impl Exporters {
-    fn get(&mut self, p: &Arc<ProcessInfo>) -> Result<Arc<SpanExporter>> {
-        let stale = self.by_pid.get(&p.pid).is_some_and(|(known, _)| known != p);
-        if stale || !self.by_pid.contains_key(&p.pid) {
-            if self.by_pid.len() >= self.config.max_exporters {
-                // Bounded: start over; exporters are cheap to build again.
-                for (_, (_, e)) in self.by_pid.drain() {
-                    let _ = e.shutdown();
-                }
-            }
-            let mut e = self.config.build()?;
-            e.set_resource(&resource(p));
-            self.by_pid.insert(p.pid, (p.clone(), Arc::new(e)));
+impl Exporter {
+    /// The encoded resource of a process (encoded again when the pid now names another one).
+    fn resource(&mut self, p: &Arc<ProcessInfo>) -> Arc<[u8]> {
+        if let Some((known, bytes)) = self.resources.get(&p.pid)
+            && known == p
+        {
+            return bytes.clone();
         }
-        Ok(self.by_pid[&p.pid].1.clone())
+        if self.resources.len() >= self.max_resources {
+            self.resources.clear(); // bounded: encoding one again is cheap
+        }
+        let bytes: Arc<[u8]> = proto::resource(resource_attributes(p)).into();
+        self.resources.insert(p.pid, (p.clone(), bytes.clone()));
+        bytes
     }
 
     /// Waits until fewer than `limit` exports are in flight.
@@ -221,45 +144,57 @@ impl Exporters {
         }
     }
 
+    /// Encodes `spans` as one request, a `ResourceSpans` per process, and sends it.
     async fn export(&mut self, spans: &mut Vec<Span>, stats: &Arc<Stats>) {
-        let mut groups: HashMap<u32, (Arc<ProcessInfo>, Vec<SpanData>)> = HashMap::new();
-        for s in spans.drain(..) {
-            groups
-                .entry(s.process.pid)
-                .or_insert_with(|| (s.process.clone(), Vec::new()))
-                .1
-                .push(span_data(s));
+        let n = spans.len() as u64;
+        spans.sort_by_key(|s| s.process.pid);
+        let mut w = Writer {
+            buf: Vec::with_capacity(spans.len() * 512),
+        };
+        for group in spans.chunk_by_mut(|a, b| a.process.pid == b.process.pid) {
+            let resource = self.resource(&group[0].process);
+            for s in group.iter_mut() {
+                sanitize_trace_state(s);
+            }
+            proto::resource_spans(&mut w, &resource, group.iter());
         }
-        for (_, (process, batch)) in groups {
-            let n = batch.len() as u64;
-            let exporter = match self.get(&process) {
-                Ok(e) => e,
-                Err(err) => {
-                    stats.add(&stats.spans_export_failed, n);
-                    warn!(spans = n, service = %process.service_name, "OTLP exporter: {err:#}");
-                    continue;
-                }
-            };
-            self.settle(IN_FLIGHT).await;
-            let stats = stats.clone();
-            self.in_flight.spawn(async move {
-                match exporter.export(batch).await {
-                    Ok(()) => stats.add(&stats.spans_exported, n),
-                    Err(err) => {
-                        stats.add(&stats.spans_export_failed, n);
-                        warn!(spans = n, service = %process.service_name, "OTLP export failed: {err}");
+        spans.clear();
+        self.settle(IN_FLIGHT).await;
+        let transport = self.transport.clone();
+        let stats = stats.clone();
+        let body = bytes::Bytes::from(w.buf);
+        self.in_flight.spawn(async move {
+            match transport.send(body).await {
+                Ok(outcome) => {
+                    let rejected = outcome.rejected.min(n);
+                    stats.add(&stats.spans_exported, n - rejected);
+                    if rejected > 0 {
+                        stats.add(&stats.spans_export_failed, rejected);
+                        warn!(spans = rejected, "the OTLP collector rejected spans");
                     }
                 }
-            });
-        }
+                Err(err) => {
+                    stats.add(&stats.spans_export_failed, n);
+                    warn!(spans = n, "{err}");
+                }
+            }
+        });
+    }
+}
+
+/// A `tracestate` that does not parse (it came from the wire) is dropped rather than sent on.
+fn sanitize_trace_state(s: &mut Span) {
+    if !s.trace_state.is_empty() && s.trace_state.parse::<TraceState>().is_err() {
+        s.trace_state = Arc::from("");
     }
 }
 
 /// Batches spans and exports them until the channel closes; then exports the rest.
 pub async fn run(config: Config, mut rx: mpsc::Receiver<Span>, stats: Arc<Stats>) -> Result<()> {
-    let mut exporters = Exporters {
-        config: config.clone(),
-        by_pid: HashMap::new(),
+    let mut exporters = Exporter {
+        transport: Transport::new(&config.target)?,
+        max_resources: config.max_resources,
+        resources: HashMap::new(),
         in_flight: tokio::task::JoinSet::new(),
     };
     let mut pending: Vec<Span> = Vec::with_capacity(config.batch_size);
@@ -286,10 +221,5 @@ pub async fn run(config: Config, mut rx: mpsc::Receiver<Span>, stats: Arc<Stats>
         exporters.export(&mut pending, &stats).await;
     }
     exporters.settle(1).await;
-    for (_, (_, e)) in exporters.by_pid.drain() {
-        if let Err(err) = e.shutdown() {
-            debug!("exporter shutdown: {err}");
-        }
-    }
     Ok(())
 }
