@@ -79,7 +79,7 @@ fn spans_decode_with_every_field() {
     for ((k, v), (want_k, want_v)) in got.iter().zip(&child.attributes) {
         assert_eq!(k, want_k);
         match want_v {
-            Value::Str(x) => assert_eq!(*v, &any_value::Value::StringValue(x.clone())),
+            Value::Str(x) => assert_eq!(*v, &any_value::Value::StringValue(x.to_string())),
             Value::Int(i) => assert_eq!(*v, &any_value::Value::IntValue(*i)),
         }
     }
@@ -94,8 +94,9 @@ fn long_values_and_large_batches_get_multi_byte_lengths() {
         let mut s = server(&p, i as u8, "/", 200);
         s.span_id = [i as u8, (i >> 8) as u8, 0, 0, 0, 0, 0, 1];
         if i == 5 {
-            s.attributes.push(("url.full", Value::Str(long.clone())));
-            s.attributes.push(("empty", Value::Str(String::new())));
+            s.attributes
+                .push(("url.full", Value::Str(long.as_str().into())));
+            s.attributes.push(("empty", Value::text("")));
             s.attributes.push(("negative", Value::Int(-3)));
         }
         spans.push(s);

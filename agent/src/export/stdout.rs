@@ -116,7 +116,7 @@ pub fn json_line(s: &Span) -> String {
         attrs.insert(
             (*k).to_string(),
             match v {
-                Value::Str(x) => json!(x),
+                Value::Str(x) => json!(x.as_str()),
                 Value::Int(i) => json!(i),
             },
         );

@@ -296,7 +296,7 @@ fn key_values(attrs: &[(&'static str, Value)]) -> Vec<KeyValue> {
     attrs
         .iter()
         .map(|(k, v)| match v {
-            Value::Str(s) => KeyValue::new(*k, s.clone()),
+            Value::Str(s) => KeyValue::new(*k, s.to_string()),
             Value::Int(i) => KeyValue::new(*k, *i),
         })
         .collect()

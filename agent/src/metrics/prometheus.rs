@@ -62,7 +62,7 @@ fn red_labels(k: &Key) -> Vec<(String, String)> {
     }
     for (name, v) in &k.attributes {
         let v = match v {
-            Value::Str(s) => s.clone(),
+            Value::Str(s) => s.to_string(),
             Value::Int(i) => i.to_string(),
         };
         pairs.push((label_name(name), v));

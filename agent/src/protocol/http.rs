@@ -4,17 +4,58 @@
 
 use crate::{conn::SyscallTime, trace::propagation::Carrier};
 
-/// Header fields of a message, names as sent (HTTP/2 names are lowercase).
+/// Header fields of a message, names as sent (HTTP/2 names are lowercase). Kept in one string
+/// with the fields' end offsets: two allocations per message instead of two per field.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(pub Vec<(String, String)>);
+pub struct Headers {
+    /// Every name and value, back to back.
+    text: String,
+    /// Where each field's name and value end in `text`; a field starts where the last ended.
+    ends: Vec<(u32, u32)>,
+}
 
 impl Headers {
+    /// Room for `fields` fields of `bytes` bytes in all.
+    pub fn with_capacity(fields: usize, bytes: usize) -> Self {
+        Headers {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(fields),
+        }
+    }
+
+    /// Appends a field.
+    pub fn push(&mut self, name: &str, value: &str) {
+        self.text.push_str(name);
+        let name_end = self.text.len() as u32;
+        self.text.push_str(value);
+        self.ends.push((name_end, self.text.len() as u32));
+    }
+
+    /// The fields in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&(name_end, end)| {
+            let (n, e) = (name_end as usize, end as usize);
+            let field = (&self.text[start..n], &self.text[n..e]);
+            start = e;
+            field
+        })
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
     /// First value of a header, by case-insensitive name.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
+        self.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
     }
 
     /// A stable hash of a request head's fields (method, target, header fields in order): the
@@ -24,18 +65,50 @@ impl Headers {
         let mut h = std::hash::DefaultHasher::new();
         method.hash(&mut h);
         target.hash(&mut h);
-        headers.0.hash(&mut h);
+        for field in headers.iter() {
+            field.hash(&mut h);
+        }
         h.finish()
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(fields: I) -> Self {
+        let mut headers = Headers::default();
+        for (n, v) in fields {
+            headers.push(n.as_ref(), v.as_ref());
+        }
+        headers
     }
 }
 
 impl Carrier for Headers {
     fn values<'a>(&'a self, name: &str) -> Vec<&'a str> {
-        self.0
-            .iter()
+        self.iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_keep_their_order_and_bounds() {
+        let h: Headers = [("Host", "a:1"), ("", ""), ("X-Empty", ""), ("host", "b")]
+            .into_iter()
+            .collect();
+        assert_eq!(h.len(), 4);
+        assert_eq!(
+            h.iter().collect::<Vec<_>>(),
+            [("Host", "a:1"), ("", ""), ("X-Empty", ""), ("host", "b")]
+        );
+        assert_eq!(h.get("HOST"), Some("a:1"));
+        assert_eq!(h.get("x-empty"), Some(""));
+        assert_eq!(h.values("host"), ["a:1", "b"]);
+        assert_eq!(h.get("missing"), None);
     }
 }
 

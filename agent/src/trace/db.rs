@@ -2,14 +2,16 @@
 //! `{db.operation.name} {db.collection.name}` (or the operation alone, or the system),
 //! `db.*` attributes, and ERROR status when the server answered with an error.
 
+use smol_str::{SmolStr, format_smolstr};
+
 use super::{Described, Value, network_attributes};
 use crate::{conn::ConnMeta, protocol::db::Operation};
 
 /// Describes one database operation (always a CLIENT span).
 pub fn describe(conn: &ConnMeta, op: &Operation) -> Described {
     let mut a: Vec<(&'static str, Value)> = Vec::with_capacity(14);
-    let s = |v: &str| Value::Str(v.to_string());
-    a.push(("db.system.name", s(op.system.as_str())));
+    let s = |v: &str| Value::Str(SmolStr::new(v));
+    a.push(("db.system.name", Value::text(op.system.as_str())));
     if let Some(o) = &op.operation {
         a.push(("db.operation.name", s(o)));
     }
@@ -31,7 +33,7 @@ pub fn describe(conn: &ConnMeta, op: &Operation) -> Described {
     }
     a.push((
         "server.address",
-        Value::Str(conn.peer.remote.ip().to_string()),
+        Value::Str(format_smolstr!("{}", conn.peer.remote.ip())),
     ));
     a.push((
         "server.port",

@@ -5,6 +5,8 @@
 
 use std::net::SocketAddr;
 
+use smol_str::{SmolStr, format_smolstr};
+
 use super::{Described, SpanKind, Value, network_attributes, route::Routes};
 use crate::{
     conn::{ConnMeta, Role},
@@ -63,11 +65,11 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
     let server_address = host_header
         .map(host_of)
         .filter(|h| !h.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(|| server.ip().to_string());
+        .map(SmolStr::new)
+        .unwrap_or_else(|| format_smolstr!("{}", server.ip()));
 
     let mut a: Vec<(&'static str, Value)> = Vec::with_capacity(20);
-    let s = |v: &str| Value::Str(v.to_string());
+    let s = |v: &str| Value::Str(SmolStr::new(v));
     let is_grpc = req
         .headers
         .get("content-type")
@@ -75,7 +77,7 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
     let grpc = if is_grpc { grpc_path(path) } else { None };
 
     let (name, error) = if let Some((service, method)) = grpc {
-        a.push(("rpc.system", s("grpc")));
+        a.push(("rpc.system", Value::text("grpc")));
         a.push(("rpc.service", s(service)));
         a.push(("rpc.method", s(method)));
         let code = resp
@@ -93,15 +95,19 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
             (None, _) => resp.reset.is_some() || resp.status >= 500,
         };
         if error {
-            let t = code.map_or_else(|| "RST_STREAM".to_string(), |c| c.to_string());
+            let t = code.map_or_else(
+                || SmolStr::new_static("RST_STREAM"),
+                |c| format_smolstr!("{c}"),
+            );
             a.push(("error.type", Value::Str(t)));
         }
         (format!("{service}/{method}"), error)
     } else {
-        let method_known = KNOWN_METHODS.contains(&req.method.as_str());
+        let known = KNOWN_METHODS.iter().find(|m| **m == req.method).copied();
+        let method_known = known.is_some();
         a.push((
             "http.request.method",
-            s(if method_known { &req.method } else { "_OTHER" }),
+            Value::text(known.unwrap_or("_OTHER")),
         ));
         if !method_known {
             a.push(("http.request.method_original", s(&req.method)));
@@ -115,13 +121,20 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
             a.push(("url.query", s(q)));
         }
         let scheme = if conn.tls.is_some() { "https" } else { "http" };
-        a.push(("url.scheme", s(scheme)));
+        a.push(("url.scheme", Value::text(scheme)));
         if kind == SpanKind::Client {
             // The authority the client asked for (Host header), else the peer it connected to.
-            let authority = host_header.map_or_else(|| server.to_string(), str::to_string);
+            let server_addr;
+            let authority = match host_header {
+                Some(h) => h,
+                None => {
+                    server_addr = server.to_string();
+                    &server_addr
+                }
+            };
             a.push((
                 "url.full",
-                Value::Str(format!("{scheme}://{authority}{target}")),
+                Value::Str(format_smolstr!("{scheme}://{authority}{target}")),
             ));
         }
         if resp.status != 0 {
@@ -141,9 +154,9 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
         } || resp.reset.is_some();
         if error {
             let t = if resp.status >= 400 {
-                resp.status.to_string()
+                format_smolstr!("{}", resp.status)
             } else {
-                "RST_STREAM".to_string()
+                SmolStr::new_static("RST_STREAM")
             };
             a.push(("error.type", Value::Str(t)));
         }
@@ -156,11 +169,17 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
     };
     a.push(("server.address", Value::Str(server_address)));
     a.push(("server.port", Value::Int(i64::from(server.port()))));
-    a.push(("client.address", Value::Str(client.ip().to_string())));
+    a.push((
+        "client.address",
+        Value::Str(format_smolstr!("{}", client.ip())),
+    ));
     a.push(("client.port", Value::Int(i64::from(client.port()))));
     // gRPC too: it travels over HTTP/2.
-    a.push(("network.protocol.name", s("http")));
-    a.push(("network.protocol.version", s(req.version.as_str())));
+    a.push(("network.protocol.name", Value::text("http")));
+    a.push((
+        "network.protocol.version",
+        Value::text(req.version.as_str()),
+    ));
     network_attributes(conn, &mut a);
     Described {
         name,

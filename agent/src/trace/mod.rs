@@ -14,6 +14,7 @@ pub mod sampler;
 pub mod span;
 
 use rand::Rng;
+use smol_str::format_smolstr;
 
 pub use link::{Link, Linker, Placement};
 pub use span::{Span, SpanKind, Status, Value};
@@ -56,29 +57,26 @@ pub struct Described {
 pub fn network_attributes(conn: &ConnMeta, a: &mut Vec<(&'static str, Value)>) {
     a.push((
         "network.peer.address",
-        Value::Str(conn.peer.remote.ip().to_string()),
+        Value::Str(format_smolstr!("{}", conn.peer.remote.ip())),
     ));
     a.push((
         "network.peer.port",
         Value::Int(i64::from(conn.peer.remote.port())),
     ));
-    a.push(("network.transport", Value::Str("tcp".into())));
+    a.push(("network.transport", Value::text("tcp")));
     if let Some(tls) = conn.tls {
-        a.push(("tls.protocol.name", Value::Str("tls".into())));
+        a.push(("tls.protocol.name", Value::text("tls")));
         if let Some(v) = tls.version.and_then(|v| v.name()) {
-            a.push(("tls.protocol.version", Value::Str(v.into())));
+            a.push(("tls.protocol.version", Value::text(v)));
         }
     }
     a.push((
         "network.type",
-        Value::Str(
-            if conn.peer.remote.is_ipv4() {
-                "ipv4"
-            } else {
-                "ipv6"
-            }
-            .into(),
-        ),
+        Value::text(if conn.peer.remote.is_ipv4() {
+            "ipv4"
+        } else {
+            "ipv6"
+        }),
     ));
 }
 

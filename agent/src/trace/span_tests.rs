@@ -74,10 +74,9 @@ fn web(method: &str, target: &str, status: u16) -> Exchange {
         method,
         target,
         status,
-        Headers(vec![
-            ("Host".into(), "shop.local:8080".into()),
-            ("User-Agent".into(), "curl/8".into()),
-        ]),
+        [("Host", "shop.local:8080"), ("User-Agent", "curl/8")]
+            .into_iter()
+            .collect(),
     )
 }
 
@@ -166,16 +165,18 @@ fn grpc(code: Option<&str>) -> Exchange {
         "POST",
         "/shop.v1.Catalog/GetItem",
         200,
-        Headers(vec![
-            ("content-type".into(), "application/grpc".into()),
-            ("host".into(), "catalog:50051".into()),
-        ]),
+        [
+            ("content-type", "application/grpc"),
+            ("host", "catalog:50051"),
+        ]
+        .into_iter()
+        .collect(),
     ) else {
         unreachable!()
     };
     e.request.version = Version::Http2;
     if let Some(c) = code {
-        e.response.trailers = Headers(vec![("grpc-status".into(), c.into())]);
+        e.response.trailers = [("grpc-status", c)].into_iter().collect();
     }
     Exchange::Http(e)
 }

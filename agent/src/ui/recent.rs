@@ -121,7 +121,7 @@ fn view(span: &Span) -> SpanView {
             .filter_map(|k| {
                 span.attr(k).map(|v| {
                     let v = match v {
-                        Value::Str(s) => s.clone(),
+                        Value::Str(s) => s.to_string(),
                         Value::Int(i) => i.to_string(),
                     };
                     (*k, v)

@@ -248,7 +248,7 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
 }
 
 fn is_chunked(headers: &Headers) -> bool {
-    headers.0.iter().any(|(n, v)| {
+    headers.iter().any(|(n, v)| {
         n.eq_ignore_ascii_case("transfer-encoding")
             && v.rsplit(',')
                 .next()

@@ -29,17 +29,12 @@ use crate::{conn::Stream, stats::Stats, trace::propagation};
 const MAX_PENDING: usize = 64;
 
 fn headers_from(parsed: &[httparse::Header<'_>]) -> Headers {
-    Headers(
-        parsed
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    String::from_utf8_lossy(h.value).trim().to_string(),
-                )
-            })
-            .collect(),
-    )
+    let bytes = parsed.iter().map(|h| h.name.len() + h.value.len()).sum();
+    let mut headers = Headers::with_capacity(parsed.len(), bytes);
+    for h in parsed {
+        headers.push(h.name, String::from_utf8_lossy(h.value).trim());
+    }
+    headers
 }
 
 /// A request waiting for its response.

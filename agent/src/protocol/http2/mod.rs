@@ -361,11 +361,11 @@ impl Http2 {
                 _ => headers.push((n, v)),
             }
         }
-        let mut headers = Headers(headers);
+        let mut headers: Headers = headers.into_iter().collect();
         if let Some(a) = authority
             && headers.get("host").is_none()
         {
-            headers.0.push(("host".into(), a));
+            headers.push("host", &a);
         }
         let (Some(method), Some(target)) = (method, path) else {
             // Without a method and a path there is nothing certain to name: no span.
@@ -429,7 +429,7 @@ impl Http2 {
         let Some(st) = self.streams.get_mut(&block.stream) else {
             return; // a stream the agent did not see open
         };
-        let fields = Headers(decoded.fields);
+        let fields: Headers = decoded.fields.into_iter().collect();
         if st.answered {
             if let Some(r) = st.response.as_mut() {
                 r.trailers = fields;
@@ -443,13 +443,7 @@ impl Http2 {
             if (100..200).contains(&status) {
                 return; // informational: the final response is still to come
             }
-            let headers = Headers(
-                fields
-                    .0
-                    .into_iter()
-                    .filter(|(n, _)| !n.starts_with(':'))
-                    .collect(),
-            );
+            let headers: Headers = fields.iter().filter(|(n, _)| !n.starts_with(':')).collect();
             st.response = Some(Response {
                 status,
                 version: Version::Http2,
