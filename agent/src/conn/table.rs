@@ -3,10 +3,8 @@
 //! side sends requests), its protocol detected, and the parser's exchanges handed out together
 //! with who talked to whom.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-};
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use agent_common::{AF_INET, ConnInfo, ROLE_CLIENT, ROLE_SERVER};
 

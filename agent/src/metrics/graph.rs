@@ -8,8 +8,8 @@
 //! IP, a CLIENT span's server by `address:port`. Database and cache calls are edges of
 //! `connection_type="database"`.
 
+use foldhash::HashMap;
 use std::{
-    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };

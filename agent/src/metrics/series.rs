@@ -7,10 +7,8 @@
 //! Series are found by a fingerprint the caller computes from borrowed data, and compared the
 //! same way: a measurement for a known series allocates nothing.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasher, Hash, Hasher},
-};
+use foldhash::{HashMap, HashMapExt as _};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 /// The attribute that marks an overflow series (OpenTelemetry's cardinality-limit convention).
 pub const OVERFLOW_ATTRIBUTE: &str = "otel.metric.overflow";

@@ -8,7 +8,8 @@ pub mod cgroup;
 pub mod naming;
 pub mod runtime;
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use foldhash::{HashMap, HashMapExt as _};
+use std::{path::Path, sync::Arc};
 
 pub use naming::NameSource;
 pub use runtime::Runtime;

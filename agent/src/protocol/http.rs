@@ -61,8 +61,9 @@ impl Headers {
     /// A stable hash of a request head's fields (method, target, header fields in order): the
     /// two ends of one connection compute the same value for the same request.
     pub fn fingerprint(method: &str, target: &str, headers: &Headers) -> u64 {
-        use std::hash::{Hash as _, Hasher as _};
-        let mut h = std::hash::DefaultHasher::new();
+        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        // A fixed seed: both ends of a connection are hashed by this agent, within one run.
+        let mut h = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
         method.hash(&mut h);
         target.hash(&mut h);
         for field in headers.iter() {

@@ -12,7 +12,8 @@
 mod frame;
 pub mod hpack;
 
-use std::collections::{HashMap, VecDeque};
+use foldhash::{HashMap, HashMapExt as _};
+use std::collections::VecDeque;
 
 use super::{
     Exchange, Record, Start,

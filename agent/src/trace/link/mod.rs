@@ -28,10 +28,8 @@
 //! A span whose parent is not settled yet (the parent waits for its own client) is held until it
 //! is. Every map here is bounded; requests beyond the bound are not linked and are counted.
 
-use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    sync::Arc,
-};
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
+use std::{collections::VecDeque, sync::Arc};
 
 use tracing::info;
 
