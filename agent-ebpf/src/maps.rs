@@ -135,19 +135,33 @@ pub struct Inflight {
 /// `bpf_ringbuf_output` flag: wake the reader now.
 pub const FORCE_WAKEUP: u64 = 2;
 
-/// `bpf_ringbuf_output` flags: wake the reader only once `WAKEUP_BYTES` are queued. A wake-up
-/// per record costs the reader a context switch per syscall traced; batching them leaves the
-/// reader to drain small amounts on its own short timer (`capture::DRAIN_EVERY`).
+/// When the kernel last woke the ring buffer's reader (`bpf_ktime_get_ns`).
+#[map]
+pub static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
+
+/// `bpf_ringbuf_output` flags for a record sent at `now`: wake the reader once `WAKEUP_BYTES`
+/// are queued, or when it was last woken `WAKEUP_EVERY_NS` ago or more. A wake-up per record
+/// costs the reader a context switch per syscall traced; a timer in the reader instead would
+/// wake it when nothing happens. So: the first record after a quiet spell wakes the reader at
+/// once, the records that follow within 50 ms ride along, and an idle host wakes nobody. (The
+/// reader's own slow timer, `capture::DRAIN_BACKSTOP`, picks up the tail of a burst.)
 #[inline(always)]
-pub fn wakeup_flags() -> u64 {
+pub fn wakeup_flags(now: u64) -> u64 {
     const AVAIL_DATA: u64 = 0;
     const NO_WAKEUP: u64 = 1;
     const WAKEUP_BYTES: u64 = 64 * 1024;
-    if EVENTS.query(AVAIL_DATA) >= WAKEUP_BYTES {
-        FORCE_WAKEUP
-    } else {
-        NO_WAKEUP
+    const WAKEUP_EVERY_NS: u64 = 50_000_000;
+    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
+        return FORCE_WAKEUP;
+    };
+    // SAFETY: a plain timestamp; racing writers on other CPUs store nearly the same value.
+    unsafe {
+        if now.wrapping_sub(*last) >= WAKEUP_EVERY_NS || EVENTS.query(AVAIL_DATA) >= WAKEUP_BYTES {
+            *last = now;
+            return FORCE_WAKEUP;
+        }
     }
+    NO_WAKEUP
 }
 
 /// Adds one to a counter.

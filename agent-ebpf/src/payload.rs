@@ -165,7 +165,7 @@ pub fn send(ev: &DataEvent, captured: usize) {
     let size = HEADER + (captured & (MAX_PAYLOAD * 2 - 1));
     // SAFETY: `size` never exceeds the size of `DataEvent` (masked above).
     let bytes = unsafe { core::slice::from_raw_parts(ev as *const DataEvent as *const u8, size) };
-    match EVENTS.output::<[u8]>(bytes, wakeup_flags()) {
+    match EVENTS.output::<[u8]>(bytes, wakeup_flags(ev.header.exit_ns)) {
         Ok(()) => count(counter::EVENTS_SENT),
         Err(_) => count(counter::LOST_RINGBUF_FULL),
     }
@@ -174,7 +174,7 @@ pub fn send(ev: &DataEvent, captured: usize) {
 /// Sends a record with no payload (open and close of a connection).
 #[inline(always)]
 pub fn emit_header(header: EventHeader) {
-    match EVENTS.output::<EventHeader>(header, wakeup_flags()) {
+    match EVENTS.output::<EventHeader>(header, wakeup_flags(header.exit_ns)) {
         Ok(()) => count(counter::EVENTS_SENT),
         Err(_) => count(counter::LOST_RINGBUF_FULL),
     }

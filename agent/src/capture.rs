@@ -192,9 +192,11 @@ fn drain(ring: &mut RingBuf<MapData>, stats: &Stats, out: &mut Vec<Event>) {
     }
 }
 
-/// How often the ring buffer is drained when the kernel has not woken the reader (it does so
-/// only once a batch is queued): the most a record waits at low traffic.
-pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// How often the ring buffer is drained when the kernel has not woken the reader. The kernel
+/// wakes it for the first record after 50 ms without a wake-up and once 64 KiB are queued
+/// (`maps::wakeup_flags`), so this only picks up the last records of a burst: the most such a
+/// record waits. Slow, so that an idle agent stays asleep.
+pub const DRAIN_BACKSTOP: Duration = Duration::from_millis(200);
 
 /// Runs until `stop` fires, then drains what is left (the programs are detached by then) and
 /// returns, closing the channel.
@@ -214,8 +216,7 @@ pub async fn run(
             )
         })?;
     let mut batch = Vec::with_capacity(256);
-    // The kernel wakes this task only once 64 KiB are queued; below that, the timer drains.
-    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    let mut tick = tokio::time::interval(DRAIN_BACKSTOP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -243,7 +243,7 @@ fn unrecognized_protocol_stops_being_shipped() {
     assert!(rx.spans().is_empty());
     assert_eq!(counter("conns_unrecognized"), 2, "both ends: {stderr:#?}");
     // 800 syscalls over about 250 ms (200 writes and 200 reads on each end): once userspace has
-    // seen the first ones (records are drained in batches, at least every 10 ms), the kernel
+    // seen the first ones (the kernel wakes the reader for the first record after a quiet spell), the kernel
     // copies nothing more.
     assert!(counter("kernel_skipped_ignored") >= 600, "{stderr:#?}");
     assert!(counter("kernel_events_sent") < 200, "{stderr:#?}");
