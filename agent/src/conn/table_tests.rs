@@ -52,7 +52,7 @@ fn data(dir: Direction, fd: i32, conn: ConnInfo, payload: &[u8], at: u64) -> Soc
 fn finished(out: &[ConnRecord]) -> Vec<(ConnMeta, &crate::protocol::Exchange)> {
     out.iter()
         .filter_map(|r| match &r.record {
-            Record::Finished { exchange, .. } => Some((r.conn, exchange)),
+            Record::Finished { exchange, .. } => Some((r.conn, &**exchange)),
             _ => None,
         })
         .collect()

@@ -56,9 +56,9 @@ impl SqlUnit {
             .query
             .as_deref()
             .map_or((None, None), |q| sql::describe(q, dialect));
-        Record::Finished {
+        Record::finished(
             id,
-            exchange: Exchange::Db(Operation {
+            Exchange::Db(Operation {
                 system,
                 operation,
                 collection,
@@ -69,7 +69,7 @@ impl SqlUnit {
                 first: self.first,
                 last,
             }),
-        }
+        )
     }
 }
 

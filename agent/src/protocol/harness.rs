@@ -131,10 +131,10 @@ impl<P: Feed> Harness<P> {
         self.out
             .iter()
             .filter_map(|r| match r {
-                Record::Finished {
-                    exchange: Exchange::Db(op),
-                    ..
-                } => Some(op),
+                Record::Finished { exchange, .. } => match &**exchange {
+                    Exchange::Db(op) => Some(op),
+                    Exchange::Http(_) => None,
+                },
                 _ => None,
             })
             .collect()
@@ -145,10 +145,10 @@ impl<P: Feed> Harness<P> {
         self.out
             .iter()
             .filter_map(|r| match r {
-                Record::Finished {
-                    id,
-                    exchange: Exchange::Http(e),
-                } => Some((*id, e)),
+                Record::Finished { id, exchange } => match &**exchange {
+                    Exchange::Http(e) => Some((*id, e)),
+                    Exchange::Db(_) => None,
+                },
                 _ => None,
             })
             .collect()

@@ -54,14 +54,25 @@ pub enum Exchange {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     Started(Start),
-    /// The request `id` got its response.
+    /// The request `id` got its response. Boxed: an exchange is three times the size of the
+    /// other records, and every record of a batch would otherwise be moved at that size.
     Finished {
         id: u64,
-        exchange: Exchange,
+        exchange: Box<Exchange>,
     },
     /// The request `id` will get no response (connection closed, framing lost, too many
     /// pending); it is counted as unanswered where this is emitted.
     Abandoned {
         id: u64,
     },
+}
+
+impl Record {
+    /// The request `id` got its response: `exchange`.
+    pub fn finished(id: u64, exchange: Exchange) -> Self {
+        Record::Finished {
+            id,
+            exchange: Box::new(exchange),
+        }
+    }
 }

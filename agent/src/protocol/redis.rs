@@ -441,9 +441,9 @@ impl Redis {
         for _ in 0..p.args.min(64) {
             query.push_str(" ?");
         }
-        out.push(Record::Finished {
-            id: p.id,
-            exchange: Exchange::Db(Operation {
+        out.push(Record::finished(
+            p.id,
+            Exchange::Db(Operation {
                 system: System::Redis,
                 operation: Some(p.name),
                 collection: None,
@@ -454,7 +454,7 @@ impl Redis {
                 first: p.first,
                 last,
             }),
-        });
+        ));
     }
 
     /// The connection closed.

@@ -318,13 +318,13 @@ impl Http1 {
                 // Answered before its body was fully read (early response).
                 self.req_current = None;
             }
-            out.push(Record::Finished {
-                id: p.id,
-                exchange: super::Exchange::Http(Exchange {
+            out.push(Record::finished(
+                p.id,
+                super::Exchange::Http(Exchange {
                     request: p.request,
                     response,
                 }),
-            });
+            ));
         }
     }
 }

@@ -49,10 +49,8 @@ impl Harness {
     /// Keeps every record and collects the finished exchanges.
     fn take(&mut self, records: Vec<Record>) {
         for r in records {
-            if let Record::Finished {
-                exchange: AnyExchange::Http(exchange),
-                ..
-            } = &r
+            if let Record::Finished { exchange, .. } = &r
+                && let AnyExchange::Http(exchange) = &**exchange
             {
                 self.out.push(exchange.clone());
             }

@@ -475,10 +475,10 @@ impl Http2 {
             return;
         };
         response.reset = reset;
-        out.push(Record::Finished {
+        out.push(Record::finished(
             id,
-            exchange: Exchange::Http(http::Exchange { request, response }),
-        });
+            Exchange::Http(http::Exchange { request, response }),
+        ));
     }
 
     fn abandon(&mut self, stream: u32, stats: &Stats, out: &mut Vec<Record>) {

@@ -144,7 +144,7 @@ struct Ctx {
     /// Between its start and its end (finished or abandoned).
     active: bool,
     /// Finished, waiting for its placement.
-    held: Option<Exchange>,
+    held: Option<Box<Exchange>>,
 }
 
 /// A CLIENT request of a traced process, for its server end on this host to find.

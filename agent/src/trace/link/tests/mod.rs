@@ -121,7 +121,7 @@ impl World {
                 reset: None,
             },
         });
-        self.feed(conn, Record::Finished { id, exchange });
+        self.feed(conn, Record::finished(id, exchange));
     }
 
     fn tick_after(&mut self, ns: u64) {
