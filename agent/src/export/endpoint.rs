@@ -173,15 +173,8 @@ impl Target {
         let mut headers: Vec<(String, String)> = Vec::new();
         let signal = format!("OTEL_EXPORTER_OTLP_{}_HEADERS", self.signal.upper());
         for name in ["OTEL_EXPORTER_OTLP_HEADERS", signal.as_str()] {
-            let Some(list) = env(name) else { continue };
-            for pair in list.split(',').filter(|p| !p.trim().is_empty()) {
-                let (k, v) = pair
-                    .split_once('=')
-                    .with_context(|| format!("{name}: {pair:?} is not key=value"))?;
-                let k = percent_decode(k.trim()).to_ascii_lowercase();
-                let v = percent_decode(v.trim());
-                headers.retain(|(known, _)| *known != k);
-                headers.push((k, v));
+            if let Some(list) = env(name) {
+                add_headers(&mut headers, name, &list)?;
             }
         }
         Ok(headers)
@@ -226,6 +219,21 @@ impl Target {
     }
 }
 
+/// Adds the `key=value,...` pairs of the variable `name` to `headers`, replacing earlier values
+/// of the same (case-insensitive) key.
+fn add_headers(headers: &mut Vec<(String, String)>, name: &str, list: &str) -> Result<()> {
+    for pair in list.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("{name}: {pair:?} is not key=value"))?;
+        let k = percent_decode(k.trim()).to_ascii_lowercase();
+        let v = percent_decode(v.trim());
+        headers.retain(|(known, _)| *known != k);
+        headers.push((k, v));
+    }
+    Ok(())
+}
+
 /// Decodes `%XX` escapes (W3C baggage-style header lists); anything else is kept as is.
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -250,6 +258,22 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signal_headers_override_general_ones() {
+        let mut h = Vec::new();
+        add_headers(&mut h, "G", "Authorization=Basic%20abc, x-team = a ,").unwrap();
+        add_headers(&mut h, "S", "x-TEAM=b").unwrap();
+        assert_eq!(
+            h,
+            [
+                ("authorization".to_string(), "Basic abc".to_string()),
+                ("x-team".to_string(), "b".to_string())
+            ]
+        );
+        let err = add_headers(&mut h, "S", "novalue").unwrap_err();
+        assert!(err.to_string().contains("S: \"novalue\" is not key=value"));
+    }
 
     #[test]
     fn header_lists_are_percent_decoded() {
