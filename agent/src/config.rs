@@ -20,7 +20,7 @@
 //!   - /static/*
 //! kubernetes: auto
 //! capture_bytes: 4096
-//! ring_buffer_mib: 16
+//! ring_buffer_mib: 8
 //! format: text
 //! log: info
 //! ```
@@ -191,7 +191,7 @@ impl Config {
             bail!("capture_bytes {capture_bytes} must be between 64 and 4096");
         }
         let ring_buffer_mib =
-            cli::check_ring_size(args.ring_buffer_mib.or(file.ring_buffer_mib).unwrap_or(16))
+            cli::check_ring_size(args.ring_buffer_mib.or(file.ring_buffer_mib).unwrap_or(8))
                 .map_err(anyhow::Error::msg)?;
         // Flags first: they are tried before the file's patterns.
         let route_texts: Vec<String> = args.routes.into_iter().chain(file.routes).collect();
@@ -278,7 +278,7 @@ format: json
         assert_eq!(c.metric_series_limit, 500);
         assert_eq!(c.kubernetes.mode, k8s::Mode::Off);
         assert_eq!(c.otlp_endpoint.as_deref(), Some("http://collector:4317"));
-        assert_eq!(c.ring_buffer_mib, 16);
+        assert_eq!(c.ring_buffer_mib, 8);
         assert_eq!(c.log, "info");
     }
 

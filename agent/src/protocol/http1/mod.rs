@@ -28,11 +28,18 @@ use crate::{conn::Stream, stats::Stats, trace::propagation};
 /// Pending requests kept per connection (pipelining depth).
 const MAX_PENDING: usize = 64;
 
+/// The parsed header fields, values without surrounding whitespace (RFC 9110 §5.5: OWS is
+/// spaces and tabs). Values are nearly always ASCII: `from_utf8` checks that quickly, and only
+/// other bytes go through the slower lossy conversion.
 fn headers_from(parsed: &[httparse::Header<'_>]) -> Headers {
     let bytes = parsed.iter().map(|h| h.name.len() + h.value.len()).sum();
     let mut headers = Headers::with_capacity(parsed.len(), bytes);
     for h in parsed {
-        headers.push(h.name, String::from_utf8_lossy(h.value).trim());
+        let value = h.value.trim_ascii();
+        match std::str::from_utf8(value) {
+            Ok(v) => headers.push(h.name, v),
+            Err(_) => headers.push(h.name, &String::from_utf8_lossy(value)),
+        }
     }
     headers
 }

@@ -141,6 +141,19 @@ fn simple_exchange_with_timing() {
 }
 
 #[test]
+fn header_values_are_trimmed_and_invalid_utf8_replaced() {
+    let mut h = Harness::new();
+    h.request(
+        b"GET / HTTP/1.1\r\nHost: a \t\r\nX-Name: caf\xe9 \xff\r\nX-Ok: \xc3\xa9t\xc3\xa9\r\n\r\n",
+    );
+    h.response(b"HTTP/1.1 204 No Content\r\n\r\n");
+    let headers = &h.out[0].request.headers;
+    assert_eq!(headers.get("host"), Some("a"));
+    assert_eq!(headers.get("x-name"), Some("caf\u{fffd} \u{fffd}"));
+    assert_eq!(headers.get("x-ok"), Some("\u{e9}t\u{e9}"));
+}
+
+#[test]
 fn every_split_point_of_request_and_response() {
     for split in 1..GET.len() {
         for rsplit in 1..OK.len() {
