@@ -75,7 +75,7 @@ pub struct Args {
 
     /// Kernel ring buffer size in MiB, a power of two [default: 8]. Its pages are resident (and
     /// counted twice in RSS, being mapped twice); the reader is woken at 64 KiB queued, so 8 MiB
-    /// absorbs about a tenth of a second of the agent falling behind at 40k requests/s.
+    /// absorbs a few tenths of a second of the agent falling behind at 40k requests/s.
     #[arg(long, value_parser = parse_ring_size)]
     pub ring_buffer_mib: Option<u32>,
 
