@@ -66,8 +66,16 @@ impl Stream {
             return 0;
         }
         let start = self.end;
+        // Room for one mark and one run first: a connection usually holds one message's worth,
+        // and an idle one keeps its queues' capacity.
+        if self.marks.capacity() == 0 {
+            self.marks.reserve_exact(1);
+        }
         self.marks.push_back((start, time));
         if !captured.is_empty() {
+            if self.runs.capacity() == 0 {
+                self.runs.reserve_exact(1);
+            }
             match self.runs.back_mut() {
                 Some(run) if run.end() == start => run.bytes.extend_from_slice(captured),
                 _ => self.runs.push_back(Run {

@@ -2,7 +2,7 @@
 //! `{db.operation.name} {db.collection.name}` (or the operation alone, or the system),
 //! `db.*` attributes, and ERROR status when the server answered with an error.
 
-use smol_str::{SmolStr, format_smolstr};
+use smol_str::SmolStr;
 
 use super::{Described, Value, network_attributes};
 use crate::{conn::ConnMeta, protocol::db::Operation};
@@ -33,7 +33,7 @@ pub fn describe(conn: &ConnMeta, op: &Operation) -> Described {
     }
     a.push((
         "server.address",
-        Value::Str(format_smolstr!("{}", conn.peer.remote.ip())),
+        Value::Str(super::ip_text(conn.peer.remote.ip())),
     ));
     a.push((
         "server.port",

@@ -66,7 +66,7 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
         .map(host_of)
         .filter(|h| !h.is_empty())
         .map(SmolStr::new)
-        .unwrap_or_else(|| format_smolstr!("{}", server.ip()));
+        .unwrap_or_else(|| super::ip_text(server.ip()));
 
     let mut a: Vec<(&'static str, Value)> = Vec::with_capacity(20);
     let s = |v: &str| Value::Str(SmolStr::new(v));
@@ -169,10 +169,7 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
     };
     a.push(("server.address", Value::Str(server_address)));
     a.push(("server.port", Value::Int(i64::from(server.port()))));
-    a.push((
-        "client.address",
-        Value::Str(format_smolstr!("{}", client.ip())),
-    ));
+    a.push(("client.address", Value::Str(super::ip_text(client.ip()))));
     a.push(("client.port", Value::Int(i64::from(client.port()))));
     // gRPC too: it travels over HTTP/2.
     a.push(("network.protocol.name", Value::text("http")));

@@ -14,7 +14,9 @@ pub mod sampler;
 pub mod span;
 
 use rand::Rng;
-use smol_str::format_smolstr;
+use std::net::IpAddr;
+
+use smol_str::{SmolStr, format_smolstr};
 
 pub use link::{Link, Linker, Placement};
 pub use span::{Span, SpanKind, Status, Value};
@@ -53,11 +55,39 @@ pub struct Described {
     pub error: bool,
 }
 
+/// An address as text. IPv4 is written digit by digit: every span names one or two addresses,
+/// and the formatting machinery was a measurable part of describing a span.
+pub fn ip_text(ip: IpAddr) -> SmolStr {
+    let IpAddr::V4(v4) = ip else {
+        return format_smolstr!("{ip}");
+    };
+    let mut buf = [0u8; 15];
+    let mut n = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            buf[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            buf[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    // Only ASCII digits and dots were written.
+    SmolStr::new(std::str::from_utf8(&buf[..n]).unwrap_or_default())
+}
+
 /// Attributes every span has: the peer and the network.
 pub fn network_attributes(conn: &ConnMeta, a: &mut Vec<(&'static str, Value)>) {
     a.push((
         "network.peer.address",
-        Value::Str(format_smolstr!("{}", conn.peer.remote.ip())),
+        Value::Str(ip_text(conn.peer.remote.ip())),
     ));
     a.push((
         "network.peer.port",

@@ -267,3 +267,22 @@ fn terminal_lines_describe_each_protocol() {
     ));
     assert!(line.contains("GET     /a?b=1  404"), "{line}");
 }
+
+#[test]
+fn addresses_are_written_as_display_writes_them() {
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+    let mut ips: Vec<std::net::IpAddr> = [
+        "0.0.0.0",
+        "255.255.255.255",
+        "10.0.12.3",
+        "::1",
+        "fe80::1:2",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    ips.extend((0..1000).map(|_| std::net::IpAddr::from(rng.random::<[u8; 4]>())));
+    for ip in ips {
+        assert_eq!(ip_text(ip), ip.to_string());
+    }
+}
