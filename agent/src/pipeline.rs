@@ -431,6 +431,7 @@ fn on_process(
             st.tls.forget(ev.tgid);
         }
         capture::ProcessChange::MappedExec => st.tls.scan(ev.tgid),
+        capture::ProcessChange::Fork { parent } => st.processes.inherit(ev.tgid, parent),
         _ => {}
     }
     let change = st.tracker.on_event(ev);

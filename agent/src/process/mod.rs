@@ -222,6 +222,33 @@ impl Processes {
         info
     }
 
+    /// Gives a forked child its parent's identity. Until it execs (which makes it forget
+    /// this), a child runs the same program with the same environment and cgroup; and a
+    /// child that serves one request and exits at once (a per-request forking server) is often
+    /// gone from `/proc` before its first span is made.
+    pub fn inherit(&mut self, child: u32, parent: u32) {
+        let from = self.get(parent);
+        if from.executable_path.is_empty() && from.command_line.is_empty() {
+            // The parent could not be read either: the child is read on its own.
+            return;
+        }
+        let info = Arc::new(ProcessInfo {
+            pid: child,
+            ..(*from).clone()
+        });
+        let pods_generation = self.cache.get(&parent).map_or(0, |e| e.pods_generation);
+        if self.cache.len() >= self.capacity {
+            self.cache.clear();
+        }
+        self.cache.insert(
+            child,
+            Entry {
+                info,
+                pods_generation,
+            },
+        );
+    }
+
     /// Forgets a process (it exec'd another program, or exited).
     pub fn forget(&mut self, pid: u32) {
         self.cache.remove(&pid);
@@ -251,6 +278,28 @@ mod tests {
         assert!(!info.executable_name.is_empty());
         assert_eq!(info.runtime, Runtime::Native);
         assert_eq!(info.name_source, NameSource::Executable);
+    }
+
+    /// A child gone before its first span keeps its parent's name; an unreadable parent
+    /// leaves the child to be read on its own.
+    #[test]
+    fn forked_child_inherits_the_parents_identity() {
+        let me = std::process::id();
+        let gone = u32::MAX - 7;
+        let mut processes = Processes::new(16);
+        processes.inherit(gone, me);
+        let child = processes.get(gone);
+        let parent = processes.get(me);
+        assert_eq!(child.pid, gone);
+        assert_eq!(child.service_name, parent.service_name);
+        assert_eq!(child.executable_path, parent.executable_path);
+        processes.forget(gone);
+        assert_eq!(processes.get(gone).service_name, format!("pid-{gone}"));
+        processes.inherit(gone - 1, gone - 2);
+        assert_eq!(
+            processes.get(gone - 1).service_name,
+            format!("pid-{}", gone - 1)
+        );
     }
 
     /// A fake `/proc/77` whose environment, cgroup and pod give each naming source in turn.
