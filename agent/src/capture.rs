@@ -1,12 +1,12 @@
-//! Drains the kernel's ring buffer into typed [`Event`]s (socket traffic, process lifecycle) on
-//! a bounded channel.
+//! Reads the kernel's ring buffer as typed [`Event`]s (socket traffic, process lifecycle).
 //!
-//! The ring buffer's fd is registered with tokio (`AsyncFd`), so the task sleeps until the kernel
-//! has records. Records that do not decode are counted, never trusted. When the channel is full
-//! the task waits, and the kernel counts what no longer fits in the ring buffer: loss is always
-//! counted in one place or the other.
+//! The ring buffer's fd is registered with tokio (`AsyncFd`), so the reading task sleeps until
+//! the kernel has records. Each record is decoded in place and handed to the caller while it is
+//! still in the ring buffer; records that do not decode are counted, never trusted. The ring
+//! buffer is the only queue between the kernel and the parsers: when the reader falls behind,
+//! the kernel counts what no longer fits, so loss is always counted.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use agent_common::{
     ConnInfo, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA, EVENT_OPEN, EVENT_PROC,
@@ -15,7 +15,7 @@ use agent_common::{
 };
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio::io::unix::AsyncFd;
 
 use crate::stats::Stats;
 
@@ -39,9 +39,9 @@ pub enum EventKind {
     Close,
 }
 
-/// One decoded record from the kernel.
+/// One decoded record from the kernel, borrowing its payload from the ring buffer.
 #[derive(Debug, Clone)]
-pub struct SocketEvent {
+pub struct SocketEvent<'a> {
     pub kind: EventKind,
     pub tgid: u32,
     pub tid: u32,
@@ -55,7 +55,7 @@ pub struct SocketEvent {
     pub conn: ConnInfo,
     /// Plaintext from the TLS probes rather than bytes of a socket syscall.
     pub tls: bool,
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
 }
 
 /// What happened to a process.
@@ -85,8 +85,8 @@ pub struct ProcessEvent {
 
 /// Any record from the kernel.
 #[derive(Debug, Clone)]
-pub enum Event {
-    Socket(SocketEvent),
+pub enum Event<'a> {
+    Socket(SocketEvent<'a>),
     Process(ProcessEvent),
 }
 
@@ -109,7 +109,7 @@ const HEADER: usize = std::mem::size_of::<EventHeader>();
 const PROC: usize = std::mem::size_of::<ProcEvent>();
 
 /// Decodes one ring-buffer record.
-pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
+pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     let kind = record
         .get(..4)
         .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
@@ -142,7 +142,7 @@ fn decode_process(record: &[u8]) -> Result<ProcessEvent, DecodeError> {
     })
 }
 
-fn decode_socket(record: &[u8]) -> Result<SocketEvent, DecodeError> {
+fn decode_socket(record: &[u8]) -> Result<SocketEvent<'_>, DecodeError> {
     if record.len() < HEADER {
         return Err(DecodeError::Short(record.len()));
     }
@@ -175,21 +175,96 @@ fn decode_socket(record: &[u8]) -> Result<SocketEvent, DecodeError> {
         len: h.len,
         conn: h.conn,
         tls: h.source == SOURCE_TLS,
-        payload: record[HEADER..HEADER + claimed].to_vec(),
+        payload: &record[HEADER..HEADER + claimed],
     })
 }
 
-/// Reads every record currently in the ring buffer.
-fn drain(ring: &mut RingBuf<MapData>, stats: &Stats, out: &mut Vec<Event>) {
-    while let Some(item) = ring.next() {
+/// The kernel's ring buffer, registered with tokio, and a view of how much of it is queued.
+///
+/// Records are handed to the caller in place, borrowed from the ring buffer's pages: no copy of
+/// the payload and no hop through a channel between reading a record and parsing it. Processing
+/// runs on the task that reads, so a slow consumer leaves records in the ring buffer, where the
+/// kernel counts any that no longer fit.
+pub struct Capture {
+    fd: AsyncFd<RingBuf<MapData>>,
+    depth: Option<depth::Depth>,
+}
+
+impl Capture {
+    pub fn new(ring: RingBuf<MapData>) -> Result<Self> {
+        let depth = depth::Depth::map(&ring)
+            .map_err(|err| tracing::debug!(%err, "ring-buffer depth unavailable"))
+            .ok();
+        // SAFETY: the AsyncFd owns the ring buffer, whose map fd stays open and unchanged until
+        // the AsyncFd is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "registering the ring buffer with tokio: {}",
+                    e.into_parts().1
+                )
+            })?;
+        Ok(Self { fd, depth })
+    }
+
+    /// Waits until the kernel wakes the reader (or `DRAIN_BACKSTOP` elapses: see there), then
+    /// hands up to `max` records to `each`, in the kernel's order. Returns how many it handed.
+    pub async fn next_batch(
+        &mut self,
+        tick: &mut tokio::time::Interval,
+        max: usize,
+        stats: &Stats,
+        each: impl FnMut(Event<'_>),
+    ) -> Result<usize> {
+        tokio::select! {
+            guard = self.fd.readable_mut() => {
+                let mut guard = guard?;
+                let n = drain(guard.get_inner_mut(), max, stats, each);
+                if n < max {
+                    // Empty: sleep until the kernel's next wake-up. A full batch leaves the
+                    // readiness set, so the next call reads on at once.
+                    guard.clear_ready();
+                }
+                Ok(n)
+            }
+            _ = tick.tick() => Ok(drain(self.fd.get_mut(), max, stats, each)),
+        }
+    }
+
+    /// Hands every record still queued to `each` (at shutdown, once the programs are detached).
+    pub fn drain_all(&mut self, stats: &Stats, each: impl FnMut(Event<'_>)) -> usize {
+        drain(self.fd.get_mut(), usize::MAX, stats, each)
+    }
+
+    /// Bytes written by the kernel and not yet read.
+    pub fn queued_bytes(&self) -> u64 {
+        self.depth.as_ref().map_or(0, depth::Depth::queued)
+    }
+}
+
+/// Decodes up to `max` records, in order; malformed ones are counted and skipped.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    max: usize,
+    stats: &Stats,
+    mut each: impl FnMut(Event<'_>),
+) -> usize {
+    let mut n = 0;
+    while n < max {
+        let Some(item) = ring.next() else { break };
+        n += 1;
         match decode(&item) {
-            Ok(ev) => out.push(ev),
+            Ok(ev) => {
+                stats.inc(&stats.events_received);
+                each(ev);
+            }
             Err(err) => {
                 stats.inc(&stats.events_malformed);
                 tracing::debug!(%err, "malformed record from the kernel");
             }
         }
     }
+    n
 }
 
 /// How often the ring buffer is drained when the kernel has not woken the reader. The kernel
@@ -198,49 +273,87 @@ fn drain(ring: &mut RingBuf<MapData>, stats: &Stats, out: &mut Vec<Event>) {
 /// record waits. Slow, so that an idle agent stays asleep.
 pub const DRAIN_BACKSTOP: Duration = Duration::from_millis(200);
 
-/// Runs until `stop` fires, then drains what is left (the programs are detached by then) and
-/// returns, closing the channel.
-pub async fn run(
-    ring: RingBuf<MapData>,
-    tx: mpsc::Sender<Event>,
-    stats: Arc<Stats>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<()> {
-    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the AsyncFd
-    // (which owns the ring buffer) is dropped.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "registering the ring buffer with tokio: {}",
-                e.into_parts().1
-            )
-        })?;
-    let mut batch = Vec::with_capacity(256);
-    let mut tick = tokio::time::interval(DRAIN_BACKSTOP);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            guard = fd.readable_mut() => {
-                let mut guard = guard?;
-                drain(guard.get_inner_mut(), &stats, &mut batch);
-                guard.clear_ready();
-            }
-            _ = tick.tick() => drain(fd.get_mut(), &stats, &mut batch),
-            _ = stop.changed() => {
-                drain(fd.get_mut(), &stats, &mut batch);
-                forward(&tx, &stats, &mut batch).await;
-                return Ok(());
+mod depth {
+    //! The ring buffer's queued bytes, read from its position pages: the consumer position is
+    //! the first page of the map's memory, the producer position the second. Both are mapped
+    //! again here, read-only, beside the mapping the reader uses.
+
+    use std::{num::NonZeroUsize, os::fd::AsFd, ptr::NonNull, sync::atomic::AtomicU64};
+
+    use aya::maps::{MapData, RingBuf};
+    use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+
+    pub struct Depth {
+        consumer: NonNull<std::ffi::c_void>,
+        producer: NonNull<std::ffi::c_void>,
+        page: NonZeroUsize,
+    }
+
+    // SAFETY: the pages are read with atomic loads only, from any thread.
+    unsafe impl Send for Depth {}
+    unsafe impl Sync for Depth {}
+
+    impl Depth {
+        pub fn map(ring: &RingBuf<MapData>) -> nix::Result<Self> {
+            let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+                .ok()
+                .flatten()
+                .and_then(|p| NonZeroUsize::new(p as usize))
+                .ok_or(nix::errno::Errno::EINVAL)?;
+            let fd = ring.as_fd();
+            // SAFETY: fresh read-only shared mappings of the map's own pages; nothing else
+            // aliases them mutably from this process.
+            let consumer = unsafe {
+                mmap(
+                    None,
+                    page,
+                    ProtFlags::PROT_READ,
+                    MapFlags::MAP_SHARED,
+                    fd,
+                    0,
+                )?
+            };
+            // SAFETY: as above; the producer page follows the consumer page.
+            let producer = unsafe {
+                mmap(
+                    None,
+                    page,
+                    ProtFlags::PROT_READ,
+                    MapFlags::MAP_SHARED,
+                    fd,
+                    page.get() as i64,
+                )
+            };
+            match producer {
+                Ok(producer) => Ok(Self {
+                    consumer,
+                    producer,
+                    page,
+                }),
+                Err(err) => {
+                    // SAFETY: mapped above, not used elsewhere.
+                    let _ = unsafe { munmap(consumer, page.get()) };
+                    Err(err)
+                }
             }
         }
-        forward(&tx, &stats, &mut batch).await;
-    }
-}
 
-async fn forward(tx: &mpsc::Sender<Event>, stats: &Stats, batch: &mut Vec<Event>) {
-    for ev in batch.drain(..) {
-        stats.inc(&stats.events_received);
-        if tx.send(ev).await.is_err() {
-            stats.inc(&stats.events_dropped_shutdown);
+        pub fn queued(&self) -> u64 {
+            let load = |p: NonNull<std::ffi::c_void>| {
+                // SAFETY: each page starts with the kernel's 8-byte-aligned position, written
+                // atomically by the kernel (producer) and the reader (consumer).
+                unsafe { p.cast::<AtomicU64>().as_ref() }.load(std::sync::atomic::Ordering::Acquire)
+            };
+            load(self.producer).saturating_sub(load(self.consumer))
+        }
+    }
+
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            for p in [self.consumer, self.producer] {
+                // SAFETY: mapped in `map`, dropped once.
+                let _ = unsafe { munmap(p, self.page.get()) };
+            }
         }
     }
 }
@@ -268,7 +381,8 @@ mod tests {
             len: 10,
             ..Default::default()
         };
-        let Event::Socket(ev) = decode(&record(h, b"abc")).unwrap() else {
+        let bytes = record(h, b"abc");
+        let Event::Socket(ev) = decode(&bytes).unwrap() else {
             panic!("a socket event");
         };
         assert_eq!(ev.payload, b"abc");

@@ -1,10 +1,11 @@
 //! Wires the stages together and owns shutdown:
 //!
 //! ```text
-//! kernel ─ring buffer→ capture ─events→ process loop (select, conn → protocol → trace) ─spans→ export
+//! kernel ─ring buffer→ process loop (capture → select, conn → protocol → trace) ─spans→ export
 //! ```
 //!
-//! Every channel is bounded. On SIGINT or SIGTERM the programs are detached first (no new
+//! One task reads the ring buffer and parses each record in place; the ring buffer is its only
+//! queue, so no event is copied or handed between threads. Every queue is bounded. On SIGINT or SIGTERM the programs are detached first (no new
 //! events), the ring buffer is drained, every connection is closed (completing what can be
 //! completed), and the exporter flushes before the agent exits 0.
 
@@ -22,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     admin,
-    capture::{self, Event, ProcessEvent},
+    capture::{self, Capture, Event, ProcessEvent},
     cli::Format,
     clock,
     config::Config,
@@ -41,8 +42,8 @@ use crate::{
     ui,
 };
 
-/// Events queued between capture and the process loop.
-const EVENT_QUEUE: usize = 65_536;
+/// Records parsed between looks at the loop's timers and the export queue.
+const BATCH: usize = 1024;
 /// Connections idle this long are forgotten.
 const IDLE: Duration = Duration::from_secs(300);
 
@@ -195,12 +196,11 @@ pub async fn run(config: Config) -> Result<()> {
     let sampler = Sampler::from_env();
     debug!(?sampler, "sampler");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (ev_tx, ev_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let (span_tx, span_rx) = mpsc::channel::<Span>(queue_size());
 
-    let capture = tokio::spawn(capture::run(ring, ev_tx.clone(), stats.clone(), stop_rx));
     let process = tokio::spawn(process_loop(
-        ev_rx,
+        Capture::new(ring)?,
+        stop_rx,
         span_tx.clone(),
         Stages {
             tracker,
@@ -241,7 +241,6 @@ pub async fn run(config: Config) -> Result<()> {
                 if let Ok(k) = loader::sum_counters(&counter_map) {
                     stats.set_kernel(&k);
                 }
-                stats.set(&stats.gauges.events_queue_depth, (EVENT_QUEUE - ev_tx.capacity()) as u64);
                 stats.set(
                     &stats.gauges.spans_queue_depth,
                     (span_tx.max_capacity() - span_tx.capacity()) as u64,
@@ -251,14 +250,13 @@ pub async fn run(config: Config) -> Result<()> {
         }
     }
     info!("stopping: detaching programs and flushing spans");
-    drop((ev_tx, span_tx));
+    drop(span_tx);
 
     // Detach: no new events after this point.
     tokio::task::spawn_blocking(move || attacher.stop())
         .await
         .context("detaching the programs")?;
     let _ = stop_tx.send(true);
-    capture.await.context("capture task")??;
     process.await.context("process task")?;
     export.await.context("export task")??;
     // Every span is measured: count the requests still waiting for their other half, then send
@@ -336,19 +334,57 @@ impl Observers {
     }
 }
 
-/// Selection, connection tracking, parsing, linking and span making: single-threaded, fed by
-/// capture.
+/// What the process loop carries from one record to the next.
+struct Work {
+    table: ConnTable,
+    /// Completed by the record being handled; linked before the next record is handled.
+    records: Vec<ConnRecord>,
+    /// Made and not yet queued for export.
+    spans: Vec<Span>,
+    /// Processes that exited, forgotten once their last spans are made.
+    exited: Vec<u32>,
+}
+
+impl Work {
+    /// Handles one record from the kernel, while it is still in the ring buffer.
+    fn event(&mut self, ev: Event<'_>, st: &mut Stages, stats: &Stats) {
+        match ev {
+            Event::Socket(ev) => self.table.handle(&ev, stats, &mut self.records),
+            Event::Process(ev) => {
+                if let Some(pid) = on_process(&ev, st, &mut self.table, stats, &mut self.records) {
+                    self.exited.push(pid);
+                }
+            }
+        }
+        // In event order, so that a span is named by the program that served it.
+        self.link(st, stats);
+    }
+
+    fn link(&mut self, st: &mut Stages, stats: &Stats) {
+        for rec in self.records.drain(..) {
+            st.linker
+                .record(rec, &mut st.processes, stats, &mut self.spans);
+        }
+    }
+}
+
+/// Capture, selection, connection tracking, parsing, linking and span making, on one task: a
+/// record is parsed where the kernel wrote it.
 async fn process_loop(
-    mut rx: mpsc::Receiver<Event>,
+    mut capture: Capture,
+    mut stop: watch::Receiver<bool>,
     tx: mpsc::Sender<Span>,
     mut st: Stages,
     stats: Arc<Stats>,
 ) {
-    let mut table = ConnTable::new(Limits::default());
-    let mut records: Vec<ConnRecord> = Vec::new();
-    let mut spans: Vec<Span> = Vec::new();
-    let mut exited: Vec<u32> = Vec::new();
-    let mut batch = Vec::with_capacity(256);
+    let mut work = Work {
+        table: ConnTable::new(Limits::default()),
+        records: Vec::new(),
+        spans: Vec::new(),
+        exited: Vec::new(),
+    };
+    let mut backstop = tokio::time::interval(capture::DRAIN_BACKSTOP);
+    backstop.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
     // Frequent enough that a SERVER span waiting for its client is not held long.
     let mut link_tick = tokio::time::interval(Duration::from_millis(100));
@@ -356,57 +392,46 @@ async fn process_loop(
     let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
     loop {
         tokio::select! {
-            n = rx.recv_many(&mut batch, 256) => {
-                if n == 0 {
+            read = capture.next_batch(&mut backstop, BATCH, &stats, |ev| work.event(ev, &mut st, &stats)) => {
+                if let Err(err) = read {
+                    // The ring buffer's fd left the reactor: nothing more can be read.
+                    warn!(%err, "reading the ring buffer failed; stopping");
                     break;
-                }
-                for ev in batch.drain(..) {
-                    match ev {
-                        Event::Socket(ev) => table.handle(&ev, &stats, &mut records),
-                        Event::Process(ev) => {
-                            if let Some(pid) = on_process(&ev, &mut st, &mut table, &stats, &mut records) {
-                                exited.push(pid);
-                            }
-                        }
-                    }
-                    // In event order, so that a span is named by the program that served it.
-                    for rec in records.drain(..) {
-                        st.linker.record(rec, &mut st.processes, &stats, &mut spans);
-                    }
                 }
             }
             _ = link_tick.tick() => {
-                st.linker.tick(clock::monotonic_ns(), &mut st.processes, &stats, &mut spans);
+                st.linker.tick(clock::monotonic_ns(), &mut st.processes, &stats, &mut work.spans);
                 st.observers.metrics.tick(Instant::now());
-                stats.set(&stats.gauges.connections, table.len() as u64);
+                stats.set(&stats.gauges.ring_buffer_queued_bytes, capture.queued_bytes());
+                stats.set(&stats.gauges.connections, work.table.len() as u64);
                 stats.set(&stats.gauges.requests_in_flight, st.linker.tracked() as u64);
                 stats.set(&stats.gauges.processes_traced, st.tracker.traced().count() as u64);
             }
             _ = sweep.tick() => {
                 let cutoff = clock::monotonic_ns().saturating_sub(IDLE.as_nanos() as u64);
-                exited.extend(table.expire(cutoff, alive, &stats, &mut records));
+                let gone = work.table.expire(cutoff, alive, &stats, &mut work.records);
+                work.exited.extend(gone);
             }
+            _ = stop.changed() => break,
         }
-        for rec in records.drain(..) {
-            st.linker.record(rec, &mut st.processes, &stats, &mut spans);
-        }
-        emit(&mut spans, &tx, &stats, &st.observers);
-        for (key, bits) in table.take_ignored() {
+        work.link(&mut st, &stats);
+        emit(&mut work.spans, &tx, &stats, &st.observers);
+        for (key, bits) in work.table.take_ignored() {
             st.conns.ignore(key.tgid, key.fd, key.sock, bits);
         }
         // Forgotten only now that their last spans are made.
-        for pid in exited.drain(..) {
+        for pid in work.exited.drain(..) {
             st.linker.forget_process(pid);
             st.processes.forget(pid);
         }
     }
-    table.close_all(&stats, &mut records);
-    for rec in records.drain(..) {
-        st.linker.record(rec, &mut st.processes, &stats, &mut spans);
-    }
-    st.linker.flush(&mut st.processes, &stats, &mut spans);
+    // The programs are detached: what is left in the ring buffer is the last of it.
+    capture.drain_all(&stats, |ev| work.event(ev, &mut st, &stats));
+    work.table.close_all(&stats, &mut work.records);
+    work.link(&mut st, &stats);
+    st.linker.flush(&mut st.processes, &stats, &mut work.spans);
     // At shutdown, wait for room rather than drop: these requests finished before the signal.
-    for span in spans.drain(..) {
+    for span in work.spans.drain(..) {
         if let Some(span) = keep(span, &stats, &st.observers)
             && tx.send(span).await.is_err()
         {

@@ -32,8 +32,6 @@ counters! {
     events_received,
     /// Records that did not decode.
     events_malformed,
-    /// Records decoded after the pipeline had already closed (should stay 0).
-    events_dropped_shutdown,
     /// Connections dropped from the table because it was full.
     conns_evicted,
     /// Connections ended because their process exited (its sockets closed without `close`).
@@ -108,8 +106,8 @@ counters! {
 /// Current sizes of the agent's queues and tables.
 #[derive(Debug, Default)]
 pub struct Gauges {
-    /// Kernel events waiting between capture and processing.
-    pub events_queue_depth: AtomicU64,
+    /// Bytes the kernel wrote to the ring buffer that the agent has not read yet.
+    pub ring_buffer_queued_bytes: AtomicU64,
     /// Spans waiting to be exported.
     pub spans_queue_depth: AtomicU64,
     /// Connections tracked.
@@ -126,7 +124,7 @@ impl Stats {
         let g = &self.gauges;
         let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
         vec![
-            ("events_queue_depth", v(&g.events_queue_depth)),
+            ("ring_buffer_queued_bytes", v(&g.ring_buffer_queued_bytes)),
             ("spans_queue_depth", v(&g.spans_queue_depth)),
             ("connections", v(&g.connections)),
             ("requests_in_flight", v(&g.requests_in_flight)),

@@ -172,6 +172,13 @@ fn shipped_config_runs_and_answers_the_probes() {
     assert_eq!(status, 200);
     assert!(metrics.contains("agent_kernel_events_total{outcome=\"lost_ringbuf_full\"}"));
     assert!(metrics.contains("agent_spans_dropped_queue_total"));
+    // The ring buffer is the queue in front of the parsers: its fill level is a gauge.
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("agent_ring_buffer_queued_bytes ")),
+        "{metrics}"
+    );
     let (_, stderr) = agent.stop();
     assert!(
         stderr

@@ -391,7 +391,9 @@ fn main() -> Result<()> {
         Task::Bench(opts) => {
             build()?;
             bench_setup()?;
-            bench::run(opts, agent_bin(), root())
+            // AGENT_BIN measures another build (or a wrapper) against the same scenarios.
+            let agent = std::env::var_os("AGENT_BIN").map_or_else(agent_bin, PathBuf::from);
+            bench::run(opts, agent, root())
         }
     }
 }

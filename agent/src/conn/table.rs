@@ -222,7 +222,7 @@ impl ConnTable {
                     Direction::Ingress => &mut conn.ingress,
                     Direction::Egress => &mut conn.egress,
                 };
-                let dropped = stream.push(&ev.payload, ev.len, time);
+                let dropped = stream.push(ev.payload, ev.len, time);
                 stats.add(&stats.stream_bytes_dropped, dropped as u64);
                 let had_role = conn.role.is_some();
                 let mut records = Vec::new();

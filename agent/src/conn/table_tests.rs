@@ -21,7 +21,7 @@ fn info(sock: u64, role: u8) -> ConnInfo {
     }
 }
 
-fn ev(kind: EventKind, fd: i32, conn: ConnInfo, payload: &[u8], at: u64) -> SocketEvent {
+fn ev(kind: EventKind, fd: i32, conn: ConnInfo, payload: &[u8], at: u64) -> SocketEvent<'_> {
     SocketEvent {
         kind,
         tgid: 42,
@@ -32,19 +32,19 @@ fn ev(kind: EventKind, fd: i32, conn: ConnInfo, payload: &[u8], at: u64) -> Sock
         len: payload.len() as u64,
         conn,
         tls: false,
-        payload: payload.to_vec(),
+        payload,
     }
 }
 
 /// Plaintext from the TLS probes.
-fn tls_data(dir: Direction, fd: i32, conn: ConnInfo, payload: &[u8], at: u64) -> SocketEvent {
+fn tls_data(dir: Direction, fd: i32, conn: ConnInfo, payload: &[u8], at: u64) -> SocketEvent<'_> {
     SocketEvent {
         tls: true,
         ..data(dir, fd, conn, payload, at)
     }
 }
 
-fn data(dir: Direction, fd: i32, conn: ConnInfo, payload: &[u8], at: u64) -> SocketEvent {
+fn data(dir: Direction, fd: i32, conn: ConnInfo, payload: &[u8], at: u64) -> SocketEvent<'_> {
     ev(EventKind::Data { direction: dir }, fd, conn, payload, at)
 }
 
@@ -115,7 +115,7 @@ fn server_end_of_a_traced_client_connection_is_marked() {
     let mut client = info(2, ROLE_CLIENT);
     std::mem::swap(&mut client.laddr, &mut client.raddr);
     std::mem::swap(&mut client.lport, &mut client.rport);
-    let client_ev = |kind, payload: &[u8], at| SocketEvent {
+    let client_ev = |kind, payload: &'static [u8], at| SocketEvent {
         tgid: 7,
         ..ev(kind, 9, client, payload, at)
     };

@@ -40,7 +40,8 @@ pub struct Snapshot {
 /// A point of the soak report.
 pub struct Sample {
     pub rss_mib: f64,
-    pub events_queue: u64,
+    /// Bytes queued in the kernel's ring buffer, not read yet.
+    pub ring_queued: u64,
     pub spans_queue: u64,
     pub lost: u64,
 }
@@ -96,7 +97,7 @@ impl AgentRun {
         let get = |k: &str| m.get(k).copied().unwrap_or(0.0) as u64;
         Ok(Sample {
             rss_mib: rss_kib / 1024.0,
-            events_queue: get("agent_events_queue_depth"),
+            ring_queued: get("agent_ring_buffer_queued_bytes"),
             spans_queue: get("agent_spans_queue_depth"),
             lost: lost(&m),
         })
@@ -160,7 +161,6 @@ fn lost(m: &HashMap<String, f64>) -> u64 {
                 || k.starts_with("kernel_lost_")
                 || k.starts_with("spans_dropped_queue")
                 || k.starts_with("spans_export_failed")
-                || k.starts_with("events_dropped_shutdown")
         })
         .map(|(_, v)| *v as u64)
         .sum()

@@ -186,7 +186,9 @@ fn soak(ctx: &Ctx, duration: Duration) -> Result<()> {
         delay_ms: 2,
     };
     let driver = std::thread::spawn(move || wrk::run(&peers, &url, load, duration));
-    println!("| t (s) | agent RSS (MiB) | events queue | spans queue | events lost |");
+    println!(
+        "| t (s) | agent RSS (MiB) | ring buffer queued (bytes) | spans queue | events lost |"
+    );
     println!("|---:|---:|---:|---:|---:|");
     let start = std::time::Instant::now();
     while !driver.is_finished() {
@@ -196,7 +198,7 @@ fn soak(ctx: &Ctx, duration: Duration) -> Result<()> {
             "| {} | {:.1} | {} | {} | {} |",
             start.elapsed().as_secs(),
             s.rss_mib,
-            s.events_queue,
+            s.ring_queued,
             s.spans_queue,
             s.lost
         );
