@@ -81,18 +81,29 @@ impl Writer {
     /// A nested message written by `body`. Its length goes in front once known: one byte is
     /// reserved, and the body is moved up in the rare case the length needs more.
     pub fn message(&mut self, field: u32, body: impl FnOnce(&mut Self)) {
+        self.message_sized(field, 1, body);
+    }
+
+    /// A message whose length prefix is expected to take `reserve` bytes: a span (128 bytes to
+    /// 16 KiB) takes 2, a batch 3. When the guess holds, the body is written once and never
+    /// moved; otherwise it is shifted to fit the prefix (the encoding stays minimal).
+    fn message_sized(&mut self, field: u32, reserve: usize, body: impl FnOnce(&mut Self)) {
         self.tag(field, LEN);
         let at = self.buf.len();
-        self.buf.push(0);
+        self.buf.resize(at + reserve, 0);
         body(self);
-        let len = self.buf.len() - at - 1;
-        if len < 0x80 {
-            self.buf[at] = len as u8;
-            return;
+        let end = self.buf.len();
+        let len = end - at - reserve;
+        let mut prefix = [0u8; 10];
+        let n = varint_into(len as u64, &mut prefix);
+        if n != reserve {
+            if n > reserve {
+                self.buf.resize(end + n - reserve, 0);
+            }
+            self.buf.copy_within(at + reserve..end, at + n);
+            self.buf.truncate(at + n + len);
         }
-        let mut prefix = Writer::default();
-        prefix.varint(len as u64);
-        self.buf.splice(at..at + 1, prefix.buf);
+        self.buf[at..at + n].copy_from_slice(&prefix[..n]);
     }
 
     /// A `KeyValue` in field `field`.
@@ -115,6 +126,18 @@ impl Writer {
     }
 }
 
+/// Writes `v` as a varint at the start of `out`; returns its length.
+fn varint_into(mut v: u64, out: &mut [u8; 10]) -> usize {
+    let mut n = 0;
+    while v >= 0x80 {
+        out[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    out[n] = v as u8;
+    n + 1
+}
+
 fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64)
@@ -131,7 +154,7 @@ pub fn resource<'a>(attributes: impl IntoIterator<Item = (&'a str, AnyValue<'a>)
 
 /// Appends one `Span` message (field `field` of its `ScopeSpans`).
 pub fn span(w: &mut Writer, field: u32, s: &Span) {
-    w.message(field, |w| {
+    w.message_sized(field, 2, |w| {
         w.bytes(1, &s.trace_id);
         w.bytes(2, &s.span_id);
         w.bytes(3, s.trace_state.as_bytes());
@@ -172,9 +195,9 @@ pub fn span(w: &mut Writer, field: u32, s: &Span) {
 /// Appends one `ResourceSpans` (field 1 of `ExportTraceServiceRequest`): a process's encoded
 /// resource, the agent as instrumentation scope, and its spans.
 pub fn resource_spans<'a>(w: &mut Writer, resource: &[u8], spans: impl Iterator<Item = &'a Span>) {
-    w.message(1, |w| {
+    w.message_sized(1, 3, |w| {
         w.bytes(1, resource);
-        w.message(2, |w| {
+        w.message_sized(2, 3, |w| {
             w.message(1, |w| {
                 w.bytes(1, env!("CARGO_PKG_NAME").as_bytes());
                 w.bytes(2, env!("CARGO_PKG_VERSION").as_bytes());
