@@ -5,9 +5,10 @@
 //! ```
 //!
 //! One task reads the ring buffer and parses each record in place; the ring buffer is its only
-//! queue, so no event is copied or handed between threads. Every queue is bounded. On SIGINT or SIGTERM the programs are detached first (no new
-//! events), the ring buffer is drained, every connection is closed (completing what can be
-//! completed), and the exporter flushes before the agent exits 0.
+//! queue, so no event is copied or handed between threads. Every queue is bounded. On SIGINT or
+//! SIGTERM the programs are detached first (no new events), the ring buffer is drained, every
+//! connection is closed (completing what can be completed), and the exporter flushes before the
+//! agent exits 0.
 
 use std::{
     sync::Arc,
