@@ -301,30 +301,23 @@ mod depth {
                 .and_then(|p| NonZeroUsize::new(p as usize))
                 .ok_or(nix::errno::Errno::EINVAL)?;
             let fd = ring.as_fd();
-            // SAFETY: fresh read-only shared mappings of the map's own pages; nothing else
-            // aliases them mutably from this process.
-            let consumer = unsafe {
-                mmap(
-                    None,
-                    page,
-                    ProtFlags::PROT_READ,
-                    MapFlags::MAP_SHARED,
-                    fd,
-                    0,
-                )?
+            let map_page = |offset: i64| {
+                // SAFETY: a fresh read-only shared mapping of one of the map's own pages;
+                // nothing aliases it mutably from this process.
+                unsafe {
+                    mmap(
+                        None,
+                        page,
+                        ProtFlags::PROT_READ,
+                        MapFlags::MAP_SHARED,
+                        fd,
+                        offset,
+                    )
+                }
             };
-            // SAFETY: as above; the producer page follows the consumer page.
-            let producer = unsafe {
-                mmap(
-                    None,
-                    page,
-                    ProtFlags::PROT_READ,
-                    MapFlags::MAP_SHARED,
-                    fd,
-                    page.get() as i64,
-                )
-            };
-            match producer {
+            let consumer = map_page(0)?;
+            // The producer page follows the consumer page.
+            match map_page(page.get() as i64) {
                 Ok(producer) => Ok(Self {
                     consumer,
                     producer,

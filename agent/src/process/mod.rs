@@ -207,19 +207,24 @@ impl Processes {
                     attributes: Vec::new(),
                 }
             });
+        let info = Arc::new(info);
+        self.store(pid, info.clone(), generation);
+        info
+    }
+
+    /// Caches an identity, within the bound.
+    fn store(&mut self, pid: u32, info: Arc<ProcessInfo>, pods_generation: u64) {
         if self.cache.len() >= self.capacity && !self.cache.contains_key(&pid) {
             // Entries are cheap to read again; dropping them all keeps the bound simple.
             self.cache.clear();
         }
-        let info = Arc::new(info);
         self.cache.insert(
             pid,
             Entry {
-                info: info.clone(),
-                pods_generation: generation,
+                info,
+                pods_generation,
             },
         );
-        info
     }
 
     /// Gives a forked child its parent's identity. Until it execs (which makes it forget
@@ -237,16 +242,7 @@ impl Processes {
             ..(*from).clone()
         });
         let pods_generation = self.cache.get(&parent).map_or(0, |e| e.pods_generation);
-        if self.cache.len() >= self.capacity {
-            self.cache.clear();
-        }
-        self.cache.insert(
-            child,
-            Entry {
-                info,
-                pods_generation,
-            },
-        );
+        self.store(child, info, pods_generation);
     }
 
     /// Forgets a process (it exec'd another program, or exited).
