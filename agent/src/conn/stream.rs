@@ -45,6 +45,16 @@ pub struct Stream {
     limit: usize,
 }
 
+/// Appends to a per-connection queue, giving an empty one room for exactly one entry first: a
+/// connection usually holds one message's worth at a time, and an idle connection keeps its
+/// queues' capacity (at 10k connections, `VecDeque`'s first growth to 4 cost megabytes).
+pub fn push_back_tight<T>(queue: &mut VecDeque<T>, item: T) {
+    if queue.capacity() == 0 {
+        queue.reserve_exact(1);
+    }
+    queue.push_back(item);
+}
+
 impl Stream {
     /// A stream holding at most `limit` captured bytes.
     pub fn new(limit: usize) -> Self {
@@ -66,22 +76,17 @@ impl Stream {
             return 0;
         }
         let start = self.end;
-        // Room for one mark and one run first: a connection usually holds one message's worth,
-        // and an idle one keeps its queues' capacity.
-        if self.marks.capacity() == 0 {
-            self.marks.reserve_exact(1);
-        }
-        self.marks.push_back((start, time));
+        push_back_tight(&mut self.marks, (start, time));
         if !captured.is_empty() {
-            if self.runs.capacity() == 0 {
-                self.runs.reserve_exact(1);
-            }
             match self.runs.back_mut() {
                 Some(run) if run.end() == start => run.bytes.extend_from_slice(captured),
-                _ => self.runs.push_back(Run {
-                    start,
-                    bytes: captured.to_vec(),
-                }),
+                _ => push_back_tight(
+                    &mut self.runs,
+                    Run {
+                        start,
+                        bytes: captured.to_vec(),
+                    },
+                ),
             }
             self.held += captured.len();
         }
@@ -212,6 +217,18 @@ mod tests {
             exit_ns: n + 1,
             tid: 1,
         }
+    }
+
+    /// An empty queue grows to room for one, not to `VecDeque`'s usual four; later pushes
+    /// grow it as usual.
+    #[test]
+    fn first_push_leaves_room_for_one() {
+        let mut q = VecDeque::new();
+        push_back_tight(&mut q, 1u64);
+        assert!(q.capacity() < 4, "{}", q.capacity());
+        push_back_tight(&mut q, 2);
+        push_back_tight(&mut q, 3);
+        assert_eq!(q, [1, 2, 3]);
     }
 
     #[test]

@@ -165,12 +165,8 @@ impl Http1 {
                 ),
                 thread_affine: true,
             }));
-            // Room for one: most connections never pipeline, and an idle one keeps this
-            // capacity (at 10k connections, the default first growth to 4 cost 5 MiB).
-            if self.pending.capacity() == 0 {
-                self.pending.reserve_exact(1);
-            }
-            self.pending.push_back(Pending { id, request });
+            // Most connections never pipeline: room for one.
+            crate::conn::stream::push_back_tight(&mut self.pending, Pending { id, request });
             self.req_current = Some(id);
         }
         // What follows a CONNECT is tunnelled once the proxy agrees (seen on the response).
