@@ -109,7 +109,7 @@ fn python_client_spans() {
     // One keep-alive connection: one local port for all.
     let ports: std::collections::BTreeSet<_> = spans
         .iter()
-        .map(|s| s.attr("client.port").unwrap_or(""))
+        .map(|s| s.attr("network.local.port").unwrap_or(""))
         .collect();
     assert_eq!(ports.len(), 1);
 }

@@ -345,7 +345,7 @@ fn node_https_new_connection_per_request() {
             client_span.span_hex(),
             "{path}: linked"
         );
-        ports.insert(client_span.attr("client.port").map(str::to_string));
+        ports.insert(client_span.attr("network.local.port").map(str::to_string));
     }
     assert_eq!(
         ports.len(),

@@ -31,15 +31,13 @@ pub fn describe(conn: &ConnMeta, op: &Operation) -> Described {
         a.push(("db.response.status_code", s(&e.code)));
         a.push(("error.type", s(&e.code)));
     }
-    a.push((
-        "server.address",
-        Value::Str(super::ip_text(conn.peer.remote.ip())),
-    ));
+    let peer = super::ip_text(conn.peer.remote.ip());
+    a.push(("server.address", Value::Str(peer.clone())));
     a.push((
         "server.port",
         Value::Int(i64::from(conn.peer.remote.port())),
     ));
-    network_attributes(conn, &mut a);
+    network_attributes(conn, peer, &mut a);
     let name = match (&op.operation, &op.collection) {
         (Some(o), Some(c)) => format!("{o} {c}"),
         (Some(o), None) => o.clone(),

@@ -161,23 +161,30 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
             a.push(("error.type", Value::Str(t)));
         }
         let method = if method_known { &req.method } else { "HTTP" };
+        // Concatenated rather than `format!`ed: this runs once per span.
         let name = match route {
-            Some(r) => format!("{method} {r}"),
+            Some(r) => [method, " ", r.as_str()].concat(),
             None => method.to_string(),
         };
         (name, error)
     };
     a.push(("server.address", Value::Str(server_address)));
     a.push(("server.port", Value::Int(i64::from(server.port()))));
-    a.push(("client.address", Value::Str(super::ip_text(client.ip()))));
-    a.push(("client.port", Value::Int(i64::from(client.port()))));
-    // gRPC too: it travels over HTTP/2.
-    a.push(("network.protocol.name", Value::text("http")));
+    // The semantic conventions' choice per kind: a server names its client (whose port,
+    // opt-in, is `network.peer.port` already); a client's own side is the opt-in
+    // `network.local.port`, kept because it tells which connection carried the call.
+    // `network.protocol.name` is set only for protocols other than HTTP (gRPC included).
+    let peer = super::ip_text(conn.peer.remote.ip());
+    match conn.role {
+        // The client is the peer: one text for both keys.
+        Role::Server => a.push(("client.address", Value::Str(peer.clone()))),
+        Role::Client => a.push(("network.local.port", Value::Int(i64::from(client.port())))),
+    }
     a.push((
         "network.protocol.version",
         Value::text(req.version.as_str()),
     ));
-    network_attributes(conn, &mut a);
+    network_attributes(conn, peer, &mut a);
     Described {
         name,
         attributes: a,

@@ -83,31 +83,23 @@ pub fn ip_text(ip: IpAddr) -> SmolStr {
     SmolStr::new(std::str::from_utf8(&buf[..n]).unwrap_or_default())
 }
 
-/// Attributes every span has: the peer and the network.
-pub fn network_attributes(conn: &ConnMeta, a: &mut Vec<(&'static str, Value)>) {
-    a.push((
-        "network.peer.address",
-        Value::Str(ip_text(conn.peer.remote.ip())),
-    ));
+/// Attributes every span has: the peer, and TLS when the connection has it. The opt-in
+/// `network.transport` (always `tcp` here) and `network.type` (the peer address says it) are
+/// left out: every attribute is bytes to encode, send and decode for each span, and these carry
+/// nothing the span does not already say. `peer` is `ip_text` of the peer's address, which the
+/// caller formats once as it often names the peer under another key too.
+pub fn network_attributes(conn: &ConnMeta, peer: SmolStr, a: &mut Vec<(&'static str, Value)>) {
+    a.push(("network.peer.address", Value::Str(peer)));
     a.push((
         "network.peer.port",
         Value::Int(i64::from(conn.peer.remote.port())),
     ));
-    a.push(("network.transport", Value::text("tcp")));
     if let Some(tls) = conn.tls {
         a.push(("tls.protocol.name", Value::text("tls")));
         if let Some(v) = tls.version.and_then(|v| v.name()) {
             a.push(("tls.protocol.version", Value::text(v)));
         }
     }
-    a.push((
-        "network.type",
-        Value::text(if conn.peer.remote.is_ipv4() {
-            "ipv4"
-        } else {
-            "ipv6"
-        }),
-    ));
 }
 
 /// Builds the span for one exchange, at its place in its trace.

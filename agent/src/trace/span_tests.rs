@@ -100,7 +100,16 @@ fn server_span_follows_semantic_conventions() {
     assert_eq!(sp.attr_str("url.query"), Some("id=3"));
     assert_eq!(sp.attr_str("server.address"), Some("shop.local"));
     assert_eq!(sp.attr("server.port"), Some(&Value::Int(8080)));
-    assert_eq!(sp.attr("client.port"), Some(&Value::Int(50000)));
+    assert_eq!(sp.attr_str("client.address"), Some("127.0.0.1"));
+    assert_eq!(sp.attr("network.peer.port"), Some(&Value::Int(50000)));
+    for absent in [
+        "client.port",
+        "network.protocol.name",
+        "network.transport",
+        "network.type",
+    ] {
+        assert_eq!(sp.attr(absent), None, "{absent}");
+    }
     assert_eq!(sp.attr_str("user_agent.original"), Some("curl/8"));
     assert_eq!(sp.attr_str("network.protocol.version"), Some("1.1"));
     assert_eq!(sp.status, Status::Unset);
@@ -125,6 +134,12 @@ fn client_span_uses_peer_port_and_write_start() {
     assert_eq!(sp.name, "POST", "a client knows no route");
     assert_eq!(sp.attr_str("http.route"), None);
     assert_eq!(sp.attr("server.port"), Some(&Value::Int(50000)));
+    assert_eq!(sp.attr("network.local.port"), Some(&Value::Int(8080)));
+    assert_eq!(
+        sp.attr_str("client.address"),
+        None,
+        "not a client span's attribute"
+    );
     assert_eq!(sp.attr_str("url.full"), Some("http://shop.local:8080/pay"));
     assert_eq!(sp.end.duration_since(sp.start).unwrap().as_nanos(), 8_000);
 }

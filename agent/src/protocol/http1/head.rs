@@ -1,7 +1,7 @@
 //! Message heads: recognising where a message starts and parsing request and status lines and
 //! header fields with `httparse`.
 
-use super::headers_from;
+use super::{any_field, headers_from, response_field};
 use crate::{
     conn::{Stream, SyscallTime},
     protocol::http::{Headers, Request, Response, Version},
@@ -119,7 +119,7 @@ pub(super) fn parse_request(s: &Stream) -> HeadResult<Request> {
                     method: req.method.unwrap_or_default().to_string(),
                     target: req.path.unwrap_or_default().to_string(),
                     version: version(req.version),
-                    headers: headers_from(req.headers),
+                    headers: headers_from(req.headers, any_field),
                     first,
                     last,
                     body_len: 0,
@@ -147,7 +147,7 @@ pub(super) fn parse_response(s: &Stream) -> HeadResult<Response> {
                 Response {
                     status: resp.code.unwrap_or(0),
                     version: version(resp.version),
-                    headers: headers_from(resp.headers),
+                    headers: headers_from(resp.headers, response_field),
                     trailers: Headers::default(),
                     reset: None,
                     first,

@@ -28,13 +28,14 @@ use crate::{conn::Stream, stats::Stats, trace::propagation};
 /// Pending requests kept per connection (pipelining depth).
 const MAX_PENDING: usize = 64;
 
-/// The parsed header fields, values without surrounding whitespace (RFC 9110 §5.5: OWS is
-/// spaces and tabs). Values are nearly always ASCII: `from_utf8` checks that quickly, and only
-/// other bytes go through the slower lossy conversion.
-fn headers_from(parsed: &[httparse::Header<'_>]) -> Headers {
-    let bytes = parsed.iter().map(|h| h.name.len() + h.value.len()).sum();
-    let mut headers = Headers::with_capacity(parsed.len(), bytes);
-    for h in parsed {
+/// The parsed header fields that `keep` selects, values without surrounding whitespace (RFC 9110
+/// §5.5: OWS is spaces and tabs). Values are nearly always ASCII: `from_utf8` checks that
+/// quickly, and only other bytes go through the slower lossy conversion.
+fn headers_from(parsed: &[httparse::Header<'_>], keep: fn(&str) -> bool) -> Headers {
+    let kept = || parsed.iter().filter(|h| keep(h.name));
+    let bytes = kept().map(|h| h.name.len() + h.value.len()).sum();
+    let mut headers = Headers::with_capacity(kept().count(), bytes);
+    for h in kept() {
         let value = h.value.trim_ascii();
         match std::str::from_utf8(value) {
             Ok(v) => headers.push(h.name, v),
@@ -42,6 +43,20 @@ fn headers_from(parsed: &[httparse::Header<'_>]) -> Headers {
         }
     }
     headers
+}
+
+/// Every request field: the trace context, the span's attributes and the request's fingerprint
+/// (which links the two ends of a connection) read them.
+fn any_field(_: &str) -> bool {
+    true
+}
+
+/// The response fields the agent reads, its framing (RFC 9112 §6.3) and upgrade target: the rest
+/// of a response head (`Server`, `Date`, `ETag`, ...) is never looked at, so it is not copied.
+fn response_field(name: &str) -> bool {
+    ["content-length", "transfer-encoding", "upgrade"]
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f))
 }
 
 /// A request waiting for its response.

@@ -125,6 +125,26 @@ const GET: &[u8] = b"GET /a?x=1 HTTP/1.1\r\nHost: example\r\nUser-Agent: t/1\r\n
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
 
 #[test]
+fn only_the_response_fields_the_parser_reads_are_kept() {
+    let mut h = Harness::new();
+    h.request(GET);
+    h.response(
+        b"HTTP/1.1 200 OK\r\nServer: x\r\nDate: today\r\nTransfer-Encoding: chunked\r\n\
+          ETag: \"1\"\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(h.out.len(), 1);
+    let headers = &h.out[0].response.headers;
+    assert_eq!(headers.len(), 1, "{headers:?}");
+    assert_eq!(headers.get("transfer-encoding"), Some("chunked"));
+    assert_eq!(h.out[0].response.body_len, 5);
+    assert_eq!(
+        h.out[0].request.headers.len(),
+        2,
+        "requests keep every field"
+    );
+}
+
+#[test]
 fn simple_exchange_with_timing() {
     let mut h = Harness::new();
     h.request(GET);
