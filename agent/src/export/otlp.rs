@@ -117,6 +117,9 @@ struct Exporter {
     max_resources: usize,
     resources: HashMap<u32, (Arc<ProcessInfo>, Arc<[u8]>)>,
     in_flight: tokio::task::JoinSet<()>,
+    /// Encoded bytes per span in the last batch, with some room: the next batch's buffer is
+    /// allocated at its expected size once rather than grown (and copied) as it fills.
+    span_bytes: usize,
 }
 
 impl Exporter {
@@ -148,9 +151,11 @@ impl Exporter {
     async fn export(&mut self, spans: &mut Vec<Span>, stats: &Arc<Stats>) {
         let n = spans.len() as u64;
         spans.sort_by_key(|s| s.process.pid);
+        let prefix = self.transport.prefix_len();
         let mut w = Writer {
-            buf: Vec::with_capacity(spans.len() * 512),
+            buf: Vec::with_capacity(prefix + spans.len() * self.span_bytes),
         };
+        w.buf.resize(prefix, 0);
         for group in spans.chunk_by_mut(|a, b| a.process.pid == b.process.pid) {
             let resource = self.resource(&group[0].process);
             for s in group.iter_mut() {
@@ -159,10 +164,11 @@ impl Exporter {
             proto::resource_spans(&mut w, &resource, group.iter());
         }
         spans.clear();
+        self.span_bytes = (w.buf.len() / n.max(1) as usize).clamp(64, 16 * 1024) * 9 / 8;
         self.settle(IN_FLIGHT).await;
         let transport = self.transport.clone();
         let stats = stats.clone();
-        let body = bytes::Bytes::from(w.buf);
+        let body = self.transport.seal(w.buf);
         self.in_flight.spawn(async move {
             match transport.send(body).await {
                 Ok(outcome) => {
@@ -196,6 +202,7 @@ pub async fn run(config: Config, mut rx: mpsc::Receiver<Span>, stats: Arc<Stats>
         max_resources: config.max_resources,
         resources: HashMap::new(),
         in_flight: tokio::task::JoinSet::new(),
+        span_bytes: 512,
     };
     let mut pending: Vec<Span> = Vec::with_capacity(config.batch_size);
     let mut tick = tokio::time::interval(config.batch_delay);

@@ -1,25 +1,35 @@
-//! Sends encoded OTLP trace requests: gRPC (`TraceService/Export` over tonic, with a codec that
-//! passes the agent's own protobuf bytes through) or HTTP/protobuf (a `POST` with reqwest).
-//! Headers and the timeout come from the standard variables (`endpoint::Target`); a collector
-//! that is busy or briefly away gets the request again, twice, with a short backoff.
+//! Sends encoded OTLP trace requests: gRPC (`TraceService/Export`, one unary call over tonic's
+//! HTTP/2 channel) or HTTP/protobuf (a `POST` with reqwest). Headers and the timeout come from
+//! the standard variables (`endpoint::Target`); a collector that is busy or briefly away gets the
+//! request again, twice, with a short backoff.
+//!
+//! The gRPC call is framed here rather than by tonic's codec: the exporter leaves room for the
+//! 5-byte message prefix in front of the request it encodes (`prefix_len`), `seal` fills it in,
+//! and the body goes to the channel as it is. Tonic's codec would copy every request into its
+//! own buffer, a copy of each exported byte.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use bytes::{Buf as _, BufMut as _, Bytes};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message as _;
 use tonic::{
-    Code, Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    codegen::http::uri::PathAndQuery,
-    metadata::{MetadataKey, MetadataMap, MetadataValue},
+    Code,
+    codegen::{
+        Service as _,
+        http::{self, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri},
+    },
     transport::{Channel, Endpoint},
 };
 
 use super::endpoint::{Protocol, Target};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// A gRPC message's prefix: a compression flag and the length, big-endian.
+const GRPC_PREFIX: usize = 5;
 
 /// Delays before the second and third attempt of a request the collector could not take.
 const BACKOFF: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(400)];
@@ -44,8 +54,10 @@ pub struct ExportError {
 pub enum Transport {
     Grpc {
         channel: Channel,
-        metadata: MetadataMap,
-        timeout: Duration,
+        /// The endpoint with the method's path (the channel fills in scheme and authority).
+        uri: Uri,
+        /// gRPC's own request headers, the deadline and the user's `OTEL_*_HEADERS`.
+        headers: HeaderMap,
     },
     Http {
         client: reqwest::Client,
@@ -66,18 +78,10 @@ impl Transport {
                 let endpoint = Endpoint::from_shared(url.clone())
                     .with_context(|| format!("invalid OTLP gRPC endpoint {url:?}"))?
                     .timeout(timeout);
-                let mut metadata = MetadataMap::new();
-                for (k, v) in &headers {
-                    let key = MetadataKey::from_bytes(k.as_bytes())
-                        .with_context(|| format!("invalid OTLP header name {k:?}"))?;
-                    let value = MetadataValue::try_from(v.as_str())
-                        .with_context(|| format!("invalid value of OTLP header {k:?}"))?;
-                    metadata.insert(key, value);
-                }
                 Transport::Grpc {
                     channel: endpoint.connect_lazy(),
-                    metadata,
-                    timeout,
+                    uri: Uri::from_static(EXPORT_PATH),
+                    headers: grpc_headers(&headers, timeout)?,
                 }
             }
             Protocol::HttpProtobuf => {
@@ -99,6 +103,28 @@ impl Transport {
         })
     }
 
+    /// Bytes to leave in front of an encoded request for `seal` (gRPC's message prefix).
+    pub fn prefix_len(&self) -> usize {
+        match self {
+            Transport::Grpc { .. } => GRPC_PREFIX,
+            Transport::Http { .. } => 0,
+        }
+    }
+
+    /// The body to send: `buf` is `prefix_len` reserved bytes and the encoded request.
+    pub fn seal(&self, mut buf: Vec<u8>) -> Bytes {
+        if let Transport::Grpc { .. } = self
+            && buf.len() >= GRPC_PREFIX
+        {
+            // Uncompressed. A batch is a few MiB at most (spans are bounded by the capture
+            // size, batches by `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`), far below 4 GiB.
+            let len = u32::try_from(buf.len() - GRPC_PREFIX).unwrap_or(u32::MAX);
+            buf[0] = 0;
+            buf[1..GRPC_PREFIX].copy_from_slice(&len.to_be_bytes());
+        }
+        Bytes::from(buf)
+    }
+
     /// Sends one `ExportTraceServiceRequest`, trying again after a retryable failure.
     pub async fn send(&self, body: Bytes) -> Result<Outcome, ExportError> {
         let mut attempt = 0;
@@ -117,23 +143,9 @@ impl Transport {
         let reply = match self {
             Transport::Grpc {
                 channel,
-                metadata,
-                timeout,
-            } => {
-                let mut grpc = tonic::client::Grpc::new(channel.clone());
-                grpc.ready().await.map_err(|e| ExportError {
-                    message: format!("OTLP gRPC endpoint not reachable: {e}"),
-                    retryable: true,
-                })?;
-                let mut request = tonic::Request::new(body);
-                *request.metadata_mut() = metadata.clone();
-                request.set_timeout(*timeout);
-                let path = PathAndQuery::from_static(EXPORT_PATH);
-                grpc.unary(request, path, Raw)
-                    .await
-                    .map_err(grpc_error)?
-                    .into_inner()
-            }
+                uri,
+                headers,
+            } => grpc_call(channel.clone(), uri, headers, body).await?,
             Transport::Http {
                 client,
                 url,
@@ -168,6 +180,121 @@ impl Transport {
     }
 }
 
+/// The request headers of every export: what gRPC requires (RFC-style `te: trailers` and its
+/// content type), the deadline the collector should give up at (`grpc-timeout`, the same as the
+/// agent's own), and the user's headers (`OTEL_EXPORTER_OTLP_HEADERS`).
+fn grpc_headers(user: &[(String, String)], timeout: Duration) -> Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    // At most 8 digits (the gRPC limit); milliseconds cover any sensible OTLP timeout.
+    let millis = timeout.as_millis().clamp(1, 99_999_999);
+    headers.insert(
+        "grpc-timeout",
+        HeaderValue::from_str(&format!("{millis}m")).context("grpc-timeout")?,
+    );
+    for (k, v) in user {
+        let name = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+            .with_context(|| format!("invalid OTLP header name {k:?}"))?;
+        let value = HeaderValue::from_str(v)
+            .with_context(|| format!("invalid value of OTLP header {k:?}"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// One unary `Export` call: the sealed body out, then the reply's message and the gRPC status
+/// (in the trailers, or in the headers of a trailers-only reply).
+async fn grpc_call(
+    mut channel: Channel,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Vec<u8>, ExportError> {
+    let unreachable = |e: &(dyn std::error::Error + 'static)| ExportError {
+        message: format!("OTLP gRPC endpoint not reachable: {}", with_causes(e)),
+        retryable: true,
+    };
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let mut request = http::Request::new(tonic::body::Body::new(Full::new(body)));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = uri.clone();
+    *request.headers_mut() = headers.clone();
+    let response = channel.call(request).await.map_err(|e| unreachable(&e))?;
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.map_err(|e| ExportError {
+        message: format!("OTLP gRPC reply cut short: {}", with_causes(&e)),
+        retryable: true,
+    })?;
+    let status = grpc_status(&parts.headers)
+        .or_else(|| collected.trailers().and_then(grpc_status))
+        .unwrap_or_else(|| (code_of_http(parts.status), String::new()));
+    if status.0 != Code::Ok {
+        return Err(grpc_error(status.0, &status.1));
+    }
+    let data = collected.to_bytes();
+    Ok(data.get(GRPC_PREFIX..).unwrap_or_default().to_vec())
+}
+
+/// An error and its causes, `: `-separated (a transport error alone says only "transport error").
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// The `grpc-status` and `grpc-message` of a header block, if it has a status. The message is
+/// percent-encoded on the wire (gRPC over HTTP/2); bytes that do not decode are kept as they are.
+fn grpc_status(headers: &HeaderMap) -> Option<(Code, String)> {
+    let code = Code::from_bytes(headers.get("grpc-status")?.as_bytes());
+    let raw = headers
+        .get("grpc-message")
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    let mut message = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = raw
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (raw[i], hex) {
+            (b'%', Some(b)) => {
+                message.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                message.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some((code, String::from_utf8_lossy(&message).into_owned()))
+}
+
+/// The gRPC code of a reply without a status (a proxy's error page, say), as gRPC maps HTTP
+/// statuses; a 200 without a status is `Unknown`.
+fn code_of_http(status: StatusCode) -> Code {
+    match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
 /// Spans a reply says were rejected. A reply that does not decode (some collectors answer an
 /// HTTP export with an empty or non-protobuf body) is taken as full success, as the status was.
 fn outcome(reply: &[u8]) -> Outcome {
@@ -178,10 +305,10 @@ fn outcome(reply: &[u8]) -> Outcome {
     Outcome { rejected }
 }
 
-fn grpc_error(s: Status) -> ExportError {
+fn grpc_error(code: Code, message: &str) -> ExportError {
     // The codes the OTLP specification lists as retryable.
     let retryable = matches!(
-        s.code(),
+        code,
         Code::Cancelled
             | Code::DeadlineExceeded
             | Code::Aborted
@@ -191,48 +318,8 @@ fn grpc_error(s: Status) -> ExportError {
             | Code::ResourceExhausted
     );
     ExportError {
-        message: format!("OTLP gRPC export failed: {:?} {}", s.code(), s.message()),
+        message: format!("OTLP gRPC export failed: {code:?} {message}"),
         retryable,
-    }
-}
-
-/// A gRPC codec for bytes already encoded (the request) or decoded later (the reply).
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Bytes;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
     }
 }
 
@@ -258,8 +345,50 @@ mod tests {
 
     #[test]
     fn only_the_specified_grpc_codes_are_retried() {
-        assert!(grpc_error(Status::unavailable("down")).retryable);
-        assert!(!grpc_error(Status::invalid_argument("bad")).retryable);
-        assert!(!grpc_error(Status::unauthenticated("who")).retryable);
+        assert!(grpc_error(Code::Unavailable, "down").retryable);
+        assert!(!grpc_error(Code::InvalidArgument, "bad").retryable);
+        assert!(!grpc_error(Code::Unauthenticated, "who").retryable);
+    }
+
+    #[test]
+    fn grpc_status_and_message_come_from_the_header_block() {
+        let mut h = HeaderMap::new();
+        assert_eq!(grpc_status(&h), None, "no status: look elsewhere");
+        h.insert("grpc-status", HeaderValue::from_static("8"));
+        h.insert(
+            "grpc-message",
+            HeaderValue::from_static("too%20many%E2%80%A6%zz%"),
+        );
+        let (code, message) = grpc_status(&h).unwrap();
+        assert_eq!(code, Code::ResourceExhausted);
+        assert_eq!(message, "too many\u{2026}%zz%");
+        assert_eq!(
+            code_of_http(StatusCode::SERVICE_UNAVAILABLE),
+            Code::Unavailable
+        );
+        assert_eq!(code_of_http(StatusCode::OK), Code::Unknown);
+    }
+
+    #[tokio::test]
+    async fn a_sealed_body_is_framed_for_grpc_and_left_alone_for_http() {
+        use super::super::endpoint::{Protocol, Signal};
+        let transport = |protocol| {
+            Transport::new(&Target {
+                signal: Signal::Traces,
+                endpoint: Some("http://127.0.0.1:4317".into()),
+                protocol,
+            })
+            .unwrap()
+        };
+        let grpc = transport(Protocol::Grpc);
+        let mut buf = vec![0xff; grpc.prefix_len()];
+        buf.extend_from_slice(&[7; 300]);
+        let body = grpc.seal(buf);
+        assert_eq!(&body[..5], &[0, 0, 0, 1, 44], "uncompressed, 300 bytes");
+        assert_eq!(&body[5..], &[7; 300]);
+
+        let http = transport(Protocol::HttpProtobuf);
+        assert_eq!(http.prefix_len(), 0);
+        assert_eq!(&http.seal(vec![7; 3])[..], &[7, 7, 7]);
     }
 }
