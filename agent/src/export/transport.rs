@@ -180,7 +180,7 @@ impl Transport {
     }
 }
 
-/// The request headers of every export: what gRPC requires (RFC-style `te: trailers` and its
+/// The request headers of every export: what gRPC over HTTP/2 requires (`te: trailers` and its
 /// content type), the deadline the collector should give up at (`grpc-timeout`, the same as the
 /// agent's own), and the user's headers (`OTEL_EXPORTER_OTLP_HEADERS`).
 fn grpc_headers(user: &[(String, String)], timeout: Duration) -> Result<HeaderMap> {

@@ -173,7 +173,7 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
     // The semantic conventions' choice per kind: a server names its client (whose port,
     // opt-in, is `network.peer.port` already); a client's own side is the opt-in
     // `network.local.port`, kept because it tells which connection carried the call.
-    // `network.protocol.name` is set only for protocols other than HTTP (gRPC included).
+    // `network.protocol.name` is for protocols other than HTTP only (gRPC is HTTP/2 here).
     let peer = super::ip_text(conn.peer.remote.ip());
     match conn.role {
         // The client is the peer: one text for both keys.
