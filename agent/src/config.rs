@@ -244,9 +244,10 @@ fn default_ring_mib(cpus: usize) -> u32 {
     cpus.clamp(4, 64).next_power_of_two().min(64)
 }
 
-/// CPUs of the host (not of the agent's cgroup: the ring takes every CPU's records).
+/// Online CPUs of the host: not of the agent's cgroup, as the ring takes every CPU's records,
+/// and not the "possible" ones, which a VM may declare by the hundred for hot-plugging.
 fn host_cpus() -> usize {
-    aya::util::nr_cpus().unwrap_or(8)
+    aya::util::online_cpus().map_or(8, |cpus| cpus.len())
 }
 
 #[cfg(test)]
