@@ -19,6 +19,7 @@ pub mod k8s;
 pub mod loader;
 pub mod memory;
 pub mod metrics;
+pub mod percent;
 pub mod pipeline;
 pub mod process;
 pub mod protocol;

@@ -39,12 +39,10 @@ pub struct Writer {
 }
 
 impl Writer {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.buf.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.buf.push(v as u8);
+    fn varint(&mut self, v: u64) {
+        let mut bytes = [0u8; 10];
+        let n = varint_into(v, &mut bytes);
+        self.buf.extend_from_slice(&bytes[..n]);
     }
 
     fn tag(&mut self, field: u32, wire: u32) {

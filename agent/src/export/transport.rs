@@ -257,29 +257,10 @@ fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
 /// percent-encoded on the wire (gRPC over HTTP/2); bytes that do not decode are kept as they are.
 fn grpc_status(headers: &HeaderMap) -> Option<(Code, String)> {
     let code = Code::from_bytes(headers.get("grpc-status")?.as_bytes());
-    let raw = headers
+    let message = headers
         .get("grpc-message")
-        .map(HeaderValue::as_bytes)
-        .unwrap_or_default();
-    let mut message = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let hex = raw
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (raw[i], hex) {
-            (b'%', Some(b)) => {
-                message.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                message.push(b);
-                i += 1;
-            }
-        }
-    }
-    Some((code, String::from_utf8_lossy(&message).into_owned()))
+        .map_or_else(String::new, |m| crate::percent::decode(m.as_bytes()));
+    Some((code, message))
 }
 
 /// The gRPC code of a reply without a status (a proxy's error page, say), as gRPC maps HTTP

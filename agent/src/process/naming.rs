@@ -19,22 +19,7 @@ pub enum NameSource {
 /// Decodes `%XX` escapes (the W3C Baggage encoding `OTEL_RESOURCE_ATTRIBUTES` uses); an invalid
 /// escape is kept as written.
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = s.get(i + 1..i + 3)
-            && let Ok(b) = u8::from_str_radix(hex, 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::percent::decode(s.as_bytes())
 }
 
 /// Parses `key=value,key2=value2`; entries without `=` or with an empty key are skipped.
