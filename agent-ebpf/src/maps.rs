@@ -145,18 +145,27 @@ pub static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 /// wake it when nothing happens. So: the first record after a quiet spell wakes the reader at
 /// once, the records that follow within 50 ms ride along, and an idle host wakes nobody. (The
 /// reader's own slow timer, `capture::DRAIN_BACKSTOP`, picks up the tail of a burst.)
+///
+/// Wake-ups for queued bytes are at least `WAKEUP_GAP_NS` apart: until the woken reader gets a
+/// CPU, the bytes stay queued, and every record would wake it again, each wake-up an interrupt
+/// on the traced application's CPU. The gap is checked first, so most records also skip the
+/// ring's depth query.
 #[inline(always)]
 pub fn wakeup_flags(now: u64) -> u64 {
     const AVAIL_DATA: u64 = 0;
     const NO_WAKEUP: u64 = 1;
     const WAKEUP_BYTES: u64 = 64 * 1024;
     const WAKEUP_EVERY_NS: u64 = 50_000_000;
+    const WAKEUP_GAP_NS: u64 = 1_000_000;
     let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
         return FORCE_WAKEUP;
     };
     // SAFETY: a plain timestamp; racing writers on other CPUs store nearly the same value.
     unsafe {
-        if now.wrapping_sub(*last) >= WAKEUP_EVERY_NS || EVENTS.query(AVAIL_DATA) >= WAKEUP_BYTES {
+        let since = now.wrapping_sub(*last);
+        if since >= WAKEUP_EVERY_NS
+            || (since >= WAKEUP_GAP_NS && EVENTS.query(AVAIL_DATA) >= WAKEUP_BYTES)
+        {
             *last = now;
             return FORCE_WAKEUP;
         }

@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    let huge_pages = agent::memory::disable_huge_pages();
     let args = agent::cli::Args::parse();
     let config = match agent::config::Config::resolve(args) {
         Ok(c) => c,
@@ -26,6 +27,9 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+    if let Err(err) = huge_pages {
+        tracing::warn!(%err, "transparent huge pages stay on: the agent's memory grows in 2 MiB steps");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -39,10 +39,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    fn varint(&mut self, v: u64) {
-        let mut bytes = [0u8; 10];
-        let n = varint_into(v, &mut bytes);
-        self.buf.extend_from_slice(&bytes[..n]);
+    /// Byte by byte: most varints here are one or two bytes, and a copy of a variable-length
+    /// slice would be a `memcpy` call each (the encoder's largest cost when it was one).
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
     }
 
     fn tag(&mut self, field: u32, wire: u32) {
@@ -92,8 +96,7 @@ impl Writer {
         body(self);
         let end = self.buf.len();
         let len = end - at - reserve;
-        let mut prefix = [0u8; 10];
-        let n = varint_into(len as u64, &mut prefix);
+        let n = varint_len(len as u64);
         if n != reserve {
             if n > reserve {
                 self.buf.resize(end + n - reserve, 0);
@@ -101,7 +104,12 @@ impl Writer {
             self.buf.copy_within(at + reserve..end, at + n);
             self.buf.truncate(at + n + len);
         }
-        self.buf[at..at + n].copy_from_slice(&prefix[..n]);
+        let mut v = len as u64;
+        for byte in &mut self.buf[at..at + n - 1] {
+            *byte = (v as u8) | 0x80;
+            v >>= 7;
+        }
+        self.buf[at + n - 1] = v as u8;
     }
 
     /// A `KeyValue` in field `field`.
@@ -124,16 +132,9 @@ impl Writer {
     }
 }
 
-/// Writes `v` as a varint at the start of `out`; returns its length.
-fn varint_into(mut v: u64, out: &mut [u8; 10]) -> usize {
-    let mut n = 0;
-    while v >= 0x80 {
-        out[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    out[n] = v as u8;
-    n + 1
+/// Bytes the varint encoding of `v` takes (1 to 10).
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {
