@@ -129,8 +129,10 @@ pub mod counter {
     pub const LOST_TLS_UNBOUND: u32 = 9;
     /// TLS reads or writes whose saved arguments were lost (uprobe map full).
     pub const LOST_TLS_ARGS: u32 = 10;
+    /// Receiving syscalls whose arguments could not be read from the task's saved registers.
+    pub const LOST_SYSCALL_ARGS: u32 = 11;
     /// Number of counters.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// Bits of `Settings::flags`: which selectors the kernel evaluates on its own.
@@ -287,7 +289,10 @@ pub struct KernelOffsets {
     pub task_signal: u32,
     /// `signal_struct.live` (threads still alive)
     pub signal_live: u32,
-    pub _pad: u32,
+    /// Where the current syscall's first three arguments are in `struct pt_regs` when it
+    /// returns (`di`, `si`, `dx` on x86_64; `orig_x0`, `regs[1]`, `regs[2]` on arm64, whose
+    /// `regs[0]` then holds the return value). Receiving syscalls read them at exit.
+    pub regs_args: [u32; 3],
 }
 
 /// Marks an offset the running kernel does not have; the kernel program skips that check.
@@ -309,7 +314,7 @@ pub struct Settings {
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 64);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 112);
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 112 + MAX_PAYLOAD * 2);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
 const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 40);
 const _: () = assert!(MAX_PAYLOAD.is_power_of_two());

@@ -1,6 +1,13 @@
-//! The tracepoint programs, one pair per syscall. Syscall tracepoints have a fixed layout on every
-//! kernel (`struct syscall_trace_enter/exit`): arguments start at byte 16, 8 bytes each, and the
-//! return value of `sys_exit_*` sits at byte 16.
+//! The tracepoint programs. Syscall tracepoints have a fixed layout on every kernel
+//! (`struct syscall_trace_enter/exit`): arguments start at byte 16, 8 bytes each, and the return
+//! value of `sys_exit_*` sits at byte 16.
+//!
+//! Sending syscalls have an enter and an exit program: the enter saves the arguments and the
+//! time the call began (a CLIENT span starts when its request is written). Receiving syscalls
+//! have an exit program only: it reads their arguments from the registers the task saved on
+//! entry, so a read costs one program run, and the many reads that return nothing (`EAGAIN` in
+//! event loops) cost only their return-value check. A received message is timed by its arrival:
+//! the exit.
 
 use agent_common::{
     ConnInfo, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_OPEN, EventHeader, IGNORE_SOCKET,
@@ -8,7 +15,9 @@ use agent_common::{
 };
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -16,8 +25,8 @@ use aya_ebpf::{
 use crate::{
     inflight,
     maps::{
-        BY_PORT, BufKind, CONNS, Inflight, TRACED_TGIDS, count, is_selected_port, is_traced,
-        may_select_by_port,
+        BY_PORT, BufKind, CONNS, Inflight, OFFSETS, TRACED_TGIDS, count, is_selected_port,
+        is_traced, may_select_by_port,
     },
     payload::{emit_data, emit_header},
     process,
@@ -83,7 +92,7 @@ fn save(
     0
 }
 
-/// Sends the bytes a finished syscall moved, if it moved any on a TCP socket.
+/// Sends the bytes a finished sending syscall moved, with the arguments its enter program saved.
 #[inline(always)]
 fn exit(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -94,21 +103,84 @@ fn exit(ctx: &TracePointContext) -> u32 {
     if r <= 0 {
         return 0;
     }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    moved(pid_tgid, &args, r as u64, now);
+    0
+}
+
+/// The first three arguments of the current syscall, from the registers its task saved on entry
+/// (which the syscall does not change; where they are comes from BTF, `KernelOffsets::regs_args`).
+#[inline(always)]
+fn syscall_args() -> Option<[u64; 3]> {
+    let off = OFFSETS.load();
+    // SAFETY: the helpers return the current task and its saved user registers, a pointer the
+    // verifier types from BTF: it checks each load against the fields of `struct pt_regs`
+    // (the offsets are constants to it, from the read-only globals).
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        if regs.is_null() {
+            return None;
+        }
+        let arg = |at: u32| *(regs.add(at as usize) as *const u64);
+        Some([
+            arg(off.regs_args[0]),
+            arg(off.regs_args[1]),
+            arg(off.regs_args[2]),
+        ])
+    }
+}
+
+/// Sends the bytes a finished receiving syscall moved (it has no enter program).
+#[inline(always)]
+fn exit_received(ctx: &TracePointContext, sc: u8, kind: BufKind) -> u32 {
+    let r = ret(ctx);
+    if r <= 0 {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let Some([fd, buf, n]) = syscall_args() else {
+        count(counter::LOST_SYSCALL_ARGS);
+        return 0;
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let args = Inflight {
+        owner: pid_tgid,
+        enter_ns: now,
+        buf,
+        count: n,
+        fd: fd as i32,
+        syscall: sc,
+        direction: DIR_INGRESS,
+        kind,
+        spilled: 0,
+    };
+    moved(pid_tgid, &args, r as u64, now);
+    0
+}
+
+/// Sends the `r` bytes a syscall moved, when its fd is a TCP socket whose bytes are wanted.
+#[inline(always)]
+fn moved(pid_tgid: u64, args: &Inflight, r: u64, now: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     let Some(conn) = lookup(tgid, args.fd) else {
         count(counter::LOST_FD_LOOKUP);
-        return 0;
+        return;
     };
     if conn.is_tcp == 0 {
-        return 0;
+        return;
     }
     // Ciphertext of a TLS library's read or write: its plaintext comes from the TLS probes.
     if tls::on_socket_syscall(pid_tgid, args.fd, conn.sock, args.direction == DIR_EGRESS) {
-        return 0;
+        return;
     }
     if conn.ignore & IGNORE_SOCKET != 0 {
         count(counter::SKIPPED_IGNORED);
-        return 0;
+        return;
     }
     let header = EventHeader {
         tgid,
@@ -117,14 +189,12 @@ fn exit(ctx: &TracePointContext) -> u32 {
         direction: args.direction,
         syscall: args.syscall,
         enter_ns: args.enter_ns,
-        // SAFETY: helper without preconditions.
-        exit_ns: unsafe { bpf_ktime_get_ns() },
-        len: r as u64,
+        exit_ns: now,
+        len: r,
         conn,
         ..EventHeader::default()
     };
-    emit_data(&args, header, r as u64);
-    0
+    emit_data(args, header, r);
 }
 
 /// Announces a connection whose role is known (accepted or connected).
@@ -192,6 +262,16 @@ fn announce(pid_tgid: u64, fd: i32, conn: ConnInfo, sc: u8, enter_ns: u64) {
     });
 }
 
+macro_rules! received_syscall {
+    ($exit:ident, $sc:expr, $kind:expr) => {
+        #[doc = concat!("`syscalls/", stringify!($exit), "`: sends the bytes a traced process received on a TCP socket.")]
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            exit_received(&ctx, $sc, $kind)
+        }
+    };
+}
+
 macro_rules! data_syscall {
     ($enter:ident, $exit:ident, $sc:expr, $dir:expr, $kind:expr, $buf_arg:expr) => {
         #[doc = concat!("`syscalls/", stringify!($enter), "`: saves the arguments of a traced process's call.")]
@@ -208,14 +288,7 @@ macro_rules! data_syscall {
     };
 }
 
-data_syscall!(
-    sys_enter_read,
-    sys_exit_read,
-    syscall::READ,
-    DIR_INGRESS,
-    BufKind::Plain,
-    1
-);
+received_syscall!(sys_exit_read, syscall::READ, BufKind::Plain);
 data_syscall!(
     sys_enter_write,
     sys_exit_write,
@@ -224,14 +297,7 @@ data_syscall!(
     BufKind::Plain,
     1
 );
-data_syscall!(
-    sys_enter_readv,
-    sys_exit_readv,
-    syscall::READV,
-    DIR_INGRESS,
-    BufKind::Iov,
-    1
-);
+received_syscall!(sys_exit_readv, syscall::READV, BufKind::Iov);
 data_syscall!(
     sys_enter_writev,
     sys_exit_writev,
@@ -240,14 +306,7 @@ data_syscall!(
     BufKind::Iov,
     1
 );
-data_syscall!(
-    sys_enter_recvfrom,
-    sys_exit_recvfrom,
-    syscall::RECVFROM,
-    DIR_INGRESS,
-    BufKind::Plain,
-    1
-);
+received_syscall!(sys_exit_recvfrom, syscall::RECVFROM, BufKind::Plain);
 data_syscall!(
     sys_enter_sendto,
     sys_exit_sendto,
@@ -256,14 +315,7 @@ data_syscall!(
     BufKind::Plain,
     1
 );
-data_syscall!(
-    sys_enter_recvmsg,
-    sys_exit_recvmsg,
-    syscall::RECVMSG,
-    DIR_INGRESS,
-    BufKind::Msg,
-    1
-);
+received_syscall!(sys_exit_recvmsg, syscall::RECVMSG, BufKind::Msg);
 data_syscall!(
     sys_enter_sendmsg,
     sys_exit_sendmsg,

@@ -25,6 +25,10 @@ pub enum BtfError {
     NoMember { strukt: String, member: String },
     #[error("member {member} of struct {strukt} is a bitfield")]
     Bitfield { strukt: String, member: String },
+    #[error(
+        "syscall argument registers are not known on {0}: the agent supports x86_64 and aarch64"
+    )]
+    Arch(&'static str),
     #[error("BTF lookup failed: {0}")]
     Lookup(#[from] btf_rs::Error),
 }
@@ -66,8 +70,26 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         task_tgid: f.offset("task_struct", "tgid")?,
         task_signal: f.offset("task_struct", "signal")?,
         signal_live: f.offset("signal_struct", "live")?,
-        _pad: 0,
+        regs_args: syscall_args(&f)?,
     })
+}
+
+/// Where `struct pt_regs` keeps a syscall's first three arguments once it has returned. The
+/// registers are the architecture's syscall ABI; their place in the struct comes from BTF.
+fn syscall_args(f: &Finder<'_>) -> Result<[u32; 3], BtfError> {
+    if cfg!(target_arch = "x86_64") {
+        Ok([
+            f.offset("pt_regs", "di")?,
+            f.offset("pt_regs", "si")?,
+            f.offset("pt_regs", "dx")?,
+        ])
+    } else if cfg!(target_arch = "aarch64") {
+        // x0 is overwritten by the return value; the kernel keeps the argument in orig_x0.
+        let regs = f.offset("pt_regs", "regs")?;
+        Ok([f.offset("pt_regs", "orig_x0")?, regs + 8, regs + 16])
+    } else {
+        Err(BtfError::Arch(std::env::consts::ARCH))
+    }
 }
 
 struct Finder<'a> {
@@ -176,5 +198,9 @@ mod tests {
         );
         assert!(off.task_signal > 0);
         assert_ne!(off.sk_protocol, 0);
+        if cfg!(target_arch = "x86_64") {
+            // The x86_64 register frame is ABI (it is ptrace's user_regs_struct too).
+            assert_eq!(off.regs_args, [112, 104, 96], "di, si, dx");
+        }
     }
 }

@@ -19,20 +19,18 @@ use crate::btf;
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
 
 /// Every tracepoint program, by the name of its function and tracepoint (they are the same).
+/// Receiving syscalls have an exit program only: it reads their arguments from the saved
+/// registers (see `agent-ebpf/src/programs.rs`).
 pub const TRACEPOINTS: &[&str] = &[
-    "sys_enter_read",
     "sys_exit_read",
     "sys_enter_write",
     "sys_exit_write",
-    "sys_enter_readv",
     "sys_exit_readv",
     "sys_enter_writev",
     "sys_exit_writev",
-    "sys_enter_recvfrom",
     "sys_exit_recvfrom",
     "sys_enter_sendto",
     "sys_exit_sendto",
-    "sys_enter_recvmsg",
     "sys_exit_recvmsg",
     "sys_enter_sendmsg",
     "sys_exit_sendmsg",

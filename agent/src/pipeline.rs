@@ -297,8 +297,10 @@ fn print_summary(metrics: &Metrics) {
 fn log_losses(stats: &Stats) {
     use agent_common::counter;
     let k = |i: u32| stats.kernel[i as usize].load(std::sync::atomic::Ordering::Relaxed);
-    let lost =
-        k(counter::LOST_RINGBUF_FULL) + k(counter::LOST_INFLIGHT_FULL) + k(counter::LOST_FD_LOOKUP);
+    let lost = k(counter::LOST_RINGBUF_FULL)
+        + k(counter::LOST_INFLIGHT_FULL)
+        + k(counter::LOST_FD_LOOKUP)
+        + k(counter::LOST_SYSCALL_ARGS);
     if lost > 0 {
         warn!(
             lost,

@@ -186,5 +186,6 @@ pub fn kernel_counter_names() -> [&'static str; counter::COUNT as usize] {
         "kernel_skipped_ignored",
         "kernel_lost_tls_unbound",
         "kernel_lost_tls_args",
+        "kernel_lost_syscall_args",
     ]
 }

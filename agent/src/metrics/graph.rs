@@ -9,10 +9,8 @@
 //! `connection_type="database"`.
 
 use foldhash::HashMap;
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use smol_str::{SmolStr, format_smolstr};
+use std::time::{Duration, Instant};
 
 use super::red::seconds;
 use crate::trace::{Link, Span, SpanKind, Status};
@@ -26,8 +24,8 @@ const MAX_WAITING: usize = 16_384;
 /// One edge of the graph.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Edge {
-    pub client: Arc<str>,
-    pub server: Arc<str>,
+    pub client: SmolStr,
+    pub server: SmolStr,
     /// `""` for service-to-service calls, `"database"` for databases and caches (Tempo's values).
     pub connection_type: &'static str,
 }
@@ -45,9 +43,9 @@ pub struct Request {
 struct ClientHalf {
     /// When it started waiting.
     at: Instant,
-    service: Arc<str>,
+    service: SmolStr,
     /// The server as named by address, should no SERVER span pair with this one.
-    server_address: Arc<str>,
+    server_address: SmolStr,
     seconds: f64,
     failed: bool,
 }
@@ -55,8 +53,8 @@ struct ClientHalf {
 #[derive(Debug)]
 struct ServerHalf {
     at: Instant,
-    service: Arc<str>,
-    client_address: Arc<str>,
+    service: SmolStr,
+    client_address: SmolStr,
     seconds: f64,
     failed: bool,
 }
@@ -72,26 +70,20 @@ pub struct Pairing {
     pub unpaired_full: u64,
 }
 
-fn address_name(span: &Span, addr: &str, port: Option<&str>) -> Arc<str> {
+fn address_name(span: &Span, addr: &str, port: Option<&str>) -> SmolStr {
     let host = span.attr_str(addr).unwrap_or("unknown");
     match port {
         Some(p) => match span.attr(p) {
-            Some(crate::trace::Value::Int(n)) => Arc::from(format!("{host}:{n}")),
-            _ => Arc::from(host),
+            Some(crate::trace::Value::Int(n)) => format_smolstr!("{host}:{n}"),
+            _ => SmolStr::new(host),
         },
-        None => Arc::from(host),
+        None => SmolStr::new(host),
     }
 }
 
 impl Pairing {
     /// Takes one span; requests it completes are appended to `out`.
-    pub fn observe(
-        &mut self,
-        span: &Span,
-        service: Arc<str>,
-        now: Instant,
-        out: &mut Vec<Request>,
-    ) {
+    pub fn observe(&mut self, span: &Span, service: SmolStr, now: Instant, out: &mut Vec<Request>) {
         let secs = seconds(span);
         let failed = span.status == Status::Error;
         match span.kind {

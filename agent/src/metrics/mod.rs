@@ -14,6 +14,7 @@ pub mod red;
 pub mod series;
 pub mod summary;
 
+use smol_str::SmolStr;
 use std::{
     sync::{Arc, Mutex, MutexGuard},
     time::Instant,
@@ -66,8 +67,8 @@ impl EdgeStats {
 /// The overflow edge: requests on edges past the series limit.
 pub fn overflow_edge() -> Edge {
     Edge {
-        client: Arc::from(""),
-        server: Arc::from(""),
+        client: SmolStr::default(),
+        server: SmolStr::default(),
         connection_type: "",
     }
 }
@@ -179,7 +180,7 @@ impl Metrics {
         if let Some(otlp) = &self.otlp {
             series.record_otlp(otlp, span, instrument, overflowed, secs);
         }
-        let service: Arc<str> = Arc::from(span.process.service_name.as_str());
+        let service = SmolStr::new(&span.process.service_name);
         let mut done = std::mem::take(&mut st.done);
         st.pairing.observe(span, service, now, &mut done);
         self.count(&mut st, &mut done);

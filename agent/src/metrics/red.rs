@@ -3,10 +3,8 @@
 //! and errors come from the same histogram: its count, and the count of series with an
 //! `error.type`.
 
-use std::{
-    hash::{Hash, Hasher},
-    sync::Arc,
-};
+use smol_str::SmolStr;
+use std::hash::{Hash, Hasher};
 
 use super::series;
 use crate::trace::{Span, SpanKind, Value};
@@ -126,7 +124,7 @@ pub type Attr = (&'static str, Value);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     pub instrument: Instrument,
-    pub service: Arc<str>,
+    pub service: SmolStr,
     pub attributes: Vec<Attr>,
 }
 
@@ -173,7 +171,7 @@ impl Key {
     pub fn of(span: &Span, instrument: Instrument) -> Key {
         Key {
             instrument,
-            service: Arc::from(span.process.service_name.as_str()),
+            service: SmolStr::new(&span.process.service_name),
             attributes: Self::span_attributes(span, instrument)
                 .map(|(k, v)| (k, v.clone()))
                 .collect(),
@@ -184,7 +182,7 @@ impl Key {
     pub fn overflow(instrument: Instrument) -> (u64, Key) {
         let key = Key {
             instrument,
-            service: Arc::from(""),
+            service: SmolStr::default(),
             attributes: vec![(series::OVERFLOW_ATTRIBUTE, Value::Str("true".into()))],
         };
         (series::fingerprint(&key), key)
