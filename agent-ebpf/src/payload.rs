@@ -68,6 +68,17 @@ struct Gather {
 /// per slice cost a call, a scratch lookup and a read of its 16-byte iovec each.
 const FIRST_IOVS: usize = 2;
 
+/// Appends one iovec's bytes at `used`, within the capture budget `limit`. Returns the new fill
+/// and whether the gather stops here: a partial iovec ends the contiguous prefix, as later bytes
+/// would not follow it.
+#[inline(always)]
+fn copy_slice(ev: &mut DataEvent, used: usize, limit: usize, v: &Iovec) -> (usize, bool) {
+    // `used < limit <= MAX_PAYLOAD` here; the mask makes that visible to the verifier.
+    let used = used & (MAX_PAYLOAD - 1);
+    let got = copy_at(ev, used, v.base, budget(limit, used, v.len));
+    (used + got, (got as u64) < v.len)
+}
+
 /// One iovec of a gather (a `bpf_loop` callback: the verifier checks it once, whatever the
 /// number of iovecs). Returns 1 to stop.
 #[inline(never)]
@@ -87,12 +98,9 @@ extern "C" fn gather_one(i: u32, ctx: *mut c_void) -> i64 {
         count(counter::PAYLOAD_READ_FAILED);
         return 1;
     };
-    let used = (g.used as usize) & (MAX_PAYLOAD - 1);
-    let want = budget(g.limit as usize, used, v.len);
-    let got = copy_at(ev, used, v.base, want);
-    g.used = (used + got) as u64;
-    // A partial iovec ends the contiguous prefix: later bytes would not follow it.
-    if (got as u64) < v.len { 1 } else { 0 }
+    let (used, cut) = copy_slice(ev, g.used as usize, g.limit as usize, &v);
+    g.used = used as u64;
+    i64::from(cut)
 }
 
 /// Gathers up to `limit` bytes from an iovec array of `iovcnt` entries.
@@ -114,11 +122,9 @@ fn copy_iov(ev: &mut DataEvent, iov: u64, iovcnt: u64, limit: usize) -> usize {
         if i as u64 >= iovcnt || used >= limit {
             return used;
         }
-        let want = budget(limit, used, v.len);
-        let got = copy_at(ev, used, v.base, want);
-        used = (used + got) & (MAX_PAYLOAD * 2 - 1);
-        // A partial iovec ends the contiguous prefix: later bytes would not follow it.
-        if (got as u64) < v.len {
+        let (filled, cut) = copy_slice(ev, used, limit, v);
+        used = filled;
+        if cut {
             return used.min(MAX_PAYLOAD);
         }
     }

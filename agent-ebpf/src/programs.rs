@@ -272,12 +272,12 @@ macro_rules! received_syscall {
     };
 }
 
-macro_rules! data_syscall {
-    ($enter:ident, $exit:ident, $sc:expr, $dir:expr, $kind:expr, $buf_arg:expr) => {
+macro_rules! sent_syscall {
+    ($enter:ident, $exit:ident, $sc:expr, $kind:expr, $buf_arg:expr) => {
         #[doc = concat!("`syscalls/", stringify!($enter), "`: saves the arguments of a traced process's call.")]
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            enter(&ctx, $sc, $dir, $kind, $buf_arg)
+            enter(&ctx, $sc, DIR_EGRESS, $kind, $buf_arg)
         }
 
         #[doc = concat!("`syscalls/", stringify!($exit), "`: sends the bytes it moved on a TCP socket.")]
@@ -289,47 +289,42 @@ macro_rules! data_syscall {
 }
 
 received_syscall!(sys_exit_read, syscall::READ, BufKind::Plain);
-data_syscall!(
+sent_syscall!(
     sys_enter_write,
     sys_exit_write,
     syscall::WRITE,
-    DIR_EGRESS,
     BufKind::Plain,
     1
 );
 received_syscall!(sys_exit_readv, syscall::READV, BufKind::Iov);
-data_syscall!(
+sent_syscall!(
     sys_enter_writev,
     sys_exit_writev,
     syscall::WRITEV,
-    DIR_EGRESS,
     BufKind::Iov,
     1
 );
 received_syscall!(sys_exit_recvfrom, syscall::RECVFROM, BufKind::Plain);
-data_syscall!(
+sent_syscall!(
     sys_enter_sendto,
     sys_exit_sendto,
     syscall::SENDTO,
-    DIR_EGRESS,
     BufKind::Plain,
     1
 );
 received_syscall!(sys_exit_recvmsg, syscall::RECVMSG, BufKind::Msg);
-data_syscall!(
+sent_syscall!(
     sys_enter_sendmsg,
     sys_exit_sendmsg,
     syscall::SENDMSG,
-    DIR_EGRESS,
     BufKind::Msg,
     1
 );
 // sendfile(out_fd, in_fd, offset, count): the bytes come from a file, so only their count is sent.
-data_syscall!(
+sent_syscall!(
     sys_enter_sendfile64,
     sys_exit_sendfile64,
     syscall::SENDFILE,
-    DIR_EGRESS,
     BufKind::None,
     1
 );
