@@ -4,7 +4,9 @@
 //! closed-and-reused fd number is never taken for the old connection.
 
 use agent_common::{AF_INET, AF_INET6, ConnInfo, OFFSET_UNKNOWN, ROLE_UNKNOWN};
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use aya_ebpf::helpers::{
+    bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+};
 
 use crate::maps::{CONNS, OFFSETS};
 
@@ -20,21 +22,37 @@ fn read<T>(base: u64, offset: u32) -> Option<T> {
 }
 
 /// The `struct file *` behind `fd` in the current task, or `None`.
+///
+/// Every record walks this path, so the first four steps are direct loads from the BTF-typed
+/// task pointer rather than `bpf_probe_read_kernel` calls: the verifier types each loaded pointer
+/// from BTF (`task->files`, `files->fdt`, `fdt->max_fds`, `fdt->fd`; the offsets are constants
+/// to it, from the read-only globals) and turns the loads into fault-tolerant ones. Only the
+/// array element, a pointer to a pointer that BTF cannot type, needs the helper.
 #[inline(always)]
 pub fn fd_to_file(fd: i32) -> Option<u64> {
     if fd < 0 {
         return None;
     }
     let off = OFFSETS.load();
-    // SAFETY: the helper only returns the current task pointer.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task, off.task_files)?;
-    let fdt: u64 = read(files, off.files_fdt)?;
-    let max_fds: u32 = read(fdt, off.fdt_max_fds)?;
-    if fd as u32 >= max_fds {
-        return None;
-    }
-    let fd_array: u64 = read(fdt, off.fdt_fd)?;
+    // SAFETY: the helper returns the current task, a pointer the verifier types from BTF; each
+    // load below is checked against the field at that offset, and a NULL pointer in the chain
+    // reads as zero (fault-tolerant loads) rather than faulting.
+    let fd_array: u64 = unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        let files = *(task.add(off.task_files as usize) as *const *const u8);
+        if files.is_null() {
+            return None;
+        }
+        let fdt = *(files.add(off.files_fdt as usize) as *const *const u8);
+        if fdt.is_null() {
+            return None;
+        }
+        let max_fds = *(fdt.add(off.fdt_max_fds as usize) as *const u32);
+        if fd as u32 >= max_fds {
+            return None;
+        }
+        *(fdt.add(off.fdt_fd as usize) as *const u64)
+    };
     let file: u64 = read(fd_array, (fd as u32) * 8)?;
     if file == 0 { None } else { Some(file) }
 }
