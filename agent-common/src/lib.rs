@@ -15,6 +15,11 @@ pub const MAX_PAYLOAD: usize = 4096;
 /// gRPC send a frame per slice, many slices per call.
 pub const MAX_IOV: usize = 256;
 
+/// The kernel wakes the ring buffer's reader for the first record sent this long (or more)
+/// after its last wake-up; the records within it ride along unannounced. Userspace checks the
+/// ring once, a little later than this after each drain, to pick up the last of them.
+pub const WAKEUP_EVERY_NS: u64 = 50_000_000;
+
 /// `EventHeader::kind`: bytes moved through a socket.
 pub const EVENT_DATA: u32 = 1;
 /// `EventHeader::kind`: the process closed a socket it had used.

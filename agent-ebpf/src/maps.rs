@@ -1,7 +1,9 @@
 //! Maps and read-only globals shared by every program. Every map is bounded; when one is full the
 //! event is counted under a `counter::*` reason instead of vanishing.
 
-use agent_common::{ConnInfo, DataEvent, KernelOffsets, Settings, counter, select};
+use agent_common::{
+    ConnInfo, DataEvent, KernelOffsets, Settings, WAKEUP_EVERY_NS, counter, select,
+};
 use aya_ebpf::{
     Global,
     helpers::bpf_get_current_cgroup_id,
@@ -144,7 +146,7 @@ pub static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 /// costs the reader a context switch per syscall traced; a timer in the reader instead would
 /// wake it when nothing happens. So: the first record after a quiet spell wakes the reader at
 /// once, the records that follow within 50 ms ride along, and an idle host wakes nobody. (The
-/// reader's own slow timer, `capture::DRAIN_BACKSTOP`, picks up the tail of a burst.)
+/// reader's one-shot check after each drain, `capture::Backstop`, picks up the tail of a burst.)
 ///
 /// Wake-ups for queued bytes are at least `WAKEUP_GAP_NS` apart: until the woken reader gets a
 /// CPU, the bytes stay queued, and every record would wake it again, each wake-up an interrupt
@@ -155,7 +157,6 @@ pub fn wakeup_flags(now: u64) -> u64 {
     const AVAIL_DATA: u64 = 0;
     const NO_WAKEUP: u64 = 1;
     const WAKEUP_BYTES: u64 = 64 * 1024;
-    const WAKEUP_EVERY_NS: u64 = 50_000_000;
     const WAKEUP_GAP_NS: u64 = 1_000_000;
     let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
         return FORCE_WAKEUP;

@@ -6,16 +6,19 @@
 //! buffer is the only queue between the kernel and the parsers: when the reader falls behind,
 //! the kernel counts what no longer fits, so loss is always counted.
 
-use std::time::Duration;
+use std::{pin::Pin, time::Duration};
 
 use agent_common::{
     ConnInfo, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA, EVENT_OPEN, EVENT_PROC,
     EventHeader, MAX_PAYLOAD, PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_MMAP_EXEC, PROC_PORT,
-    ProcEvent, SOURCE_TLS,
+    ProcEvent, SOURCE_TLS, WAKEUP_EVERY_NS,
 };
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
-use tokio::io::unix::AsyncFd;
+use tokio::{
+    io::unix::AsyncFd,
+    time::{Instant, Sleep},
+};
 
 use crate::stats::Stats;
 
@@ -207,15 +210,16 @@ impl Capture {
         Ok(Self { fd, depth })
     }
 
-    /// Waits until the kernel wakes the reader (or `DRAIN_BACKSTOP` elapses: see there), then
+    /// Waits until the kernel wakes the reader (or the backstop is due: see [`Backstop`]), then
     /// hands up to `max` records to `each`, in the kernel's order. Returns how many it handed.
     pub async fn next_batch(
         &mut self,
-        tick: &mut tokio::time::Interval,
+        backstop: &mut Backstop,
         max: usize,
         stats: &Stats,
         each: impl FnMut(Event<'_>),
     ) -> Result<usize> {
+        let armed = backstop.armed;
         tokio::select! {
             guard = self.fd.readable_mut() => {
                 let mut guard = guard?;
@@ -225,9 +229,17 @@ impl Capture {
                     // readiness set, so the next call reads on at once.
                     guard.clear_ready();
                 }
+                backstop.arm();
                 Ok(n)
             }
-            _ = tick.tick() => Ok(drain(self.fd.get_mut(), max, stats, each)),
+            _ = backstop.sleep.as_mut(), if armed => {
+                backstop.armed = false;
+                let n = drain(self.fd.get_mut(), max, stats, each);
+                if n > 0 {
+                    backstop.arm();
+                }
+                Ok(n)
+            }
         }
     }
 
@@ -267,11 +279,42 @@ fn drain(
     n
 }
 
-/// How often the ring buffer is drained when the kernel has not woken the reader. The kernel
-/// wakes it for the first record after 50 ms without a wake-up and once 64 KiB are queued
-/// (`maps::wakeup_flags`), so this only picks up the last records of a burst: the most such a
-/// record waits. Slow, so that an idle agent stays asleep.
-pub const DRAIN_BACKSTOP: Duration = Duration::from_millis(200);
+/// The one look at the ring buffer that follows each drain, for the records the kernel queued
+/// without waking the reader. The kernel wakes it for the first record sent `WAKEUP_EVERY_NS`
+/// or more after its last wake-up (and once 64 KiB are queued: `maps::wakeup_flags`); the
+/// records within that window ride along unannounced. A look a little later than the window,
+/// after each drain, finds the last of them; any record sent after it wakes the reader itself.
+/// So the timer only runs while traffic flows: an idle agent is never woken by it (a periodic
+/// timer cost an idle agent a wake-up every 200 ms), and the most a record waits is
+/// `DRAIN_BACKSTOP`.
+pub struct Backstop {
+    sleep: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+/// How long after a drain the backstop looks again: past the kernel's ride-along window.
+pub const DRAIN_BACKSTOP: Duration = Duration::from_nanos(WAKEUP_EVERY_NS + 10_000_000);
+
+impl Backstop {
+    pub fn new() -> Self {
+        Backstop {
+            sleep: Box::pin(tokio::time::sleep(DRAIN_BACKSTOP)),
+            armed: false,
+        }
+    }
+
+    /// Looks again `DRAIN_BACKSTOP` from now (a drain just ran: records may ride along after it).
+    fn arm(&mut self) {
+        self.sleep.as_mut().reset(Instant::now() + DRAIN_BACKSTOP);
+        self.armed = true;
+    }
+}
+
+impl Default for Backstop {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 mod depth {
     //! The ring buffer's queued bytes, read from its position pages: the consumer position is

@@ -47,6 +47,8 @@ use crate::{
 const BATCH: usize = 1024;
 /// Connections idle this long are forgotten.
 const IDLE: Duration = Duration::from_secs(300);
+/// Idle connections are looked for every this many housekeeping seconds.
+const SWEEP_EVERY: u32 = 10;
 
 /// Checks `--pid` selectors before anything is loaded, so a typo fails at once.
 fn check_pids(config: &Config) -> Result<()> {
@@ -386,14 +388,18 @@ async fn process_loop(
         spans: Vec::new(),
         exited: Vec::new(),
     };
-    let mut backstop = tokio::time::interval(capture::DRAIN_BACKSTOP);
-    backstop.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sweep = tokio::time::interval(Duration::from_secs(10));
-    // Frequent enough that a SERVER span waiting for its client is not held long.
+    let mut backstop = capture::Backstop::new();
+    // Gauges, and the sweep of idle connections every `SWEEP_EVERY` of these.
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks: u32 = 0;
+    // Frequent enough that a SERVER span waiting for its client is not held long. It only runs
+    // while something waits (a request for its peer, a service-graph half for its other half):
+    // an idle agent is not woken ten times a second for nothing.
     let mut link_tick = tokio::time::interval(Duration::from_millis(100));
     link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
     loop {
+        let waiting = st.linker.waiting() || st.observers.metrics.waiting();
         tokio::select! {
             read = capture.next_batch(&mut backstop, BATCH, &stats, |ev| work.event(ev, &mut st, &stats)) => {
                 if let Err(err) = read {
@@ -402,18 +408,22 @@ async fn process_loop(
                     break;
                 }
             }
-            _ = link_tick.tick() => {
+            _ = link_tick.tick(), if waiting => {
                 st.linker.tick(clock::monotonic_ns(), &mut st.processes, &stats, &mut work.spans);
+                st.observers.metrics.tick(Instant::now());
+            }
+            _ = housekeeping.tick() => {
                 st.observers.metrics.tick(Instant::now());
                 stats.set(&stats.gauges.ring_buffer_queued_bytes, capture.queued_bytes());
                 stats.set(&stats.gauges.connections, work.table.len() as u64);
                 stats.set(&stats.gauges.requests_in_flight, st.linker.tracked() as u64);
                 stats.set(&stats.gauges.processes_traced, st.tracker.traced().count() as u64);
-            }
-            _ = sweep.tick() => {
-                let cutoff = clock::monotonic_ns().saturating_sub(IDLE.as_nanos() as u64);
-                let gone = work.table.expire(cutoff, alive, &stats, &mut work.records);
-                work.exited.extend(gone);
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(SWEEP_EVERY) {
+                    let cutoff = clock::monotonic_ns().saturating_sub(IDLE.as_nanos() as u64);
+                    let gone = work.table.expire(cutoff, alive, &stats, &mut work.records);
+                    work.exited.extend(gone);
+                }
             }
             _ = stop.changed() => break,
         }

@@ -139,6 +139,9 @@ impl Pairing {
     /// (at most `2 × MAX_WAITING` entries, a few times a second) keeps memory bounded by the
     /// tables alone, however fast pairs complete.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Request>) {
+        if self.waiting() == 0 {
+            return;
+        }
         let old = |at: Instant| now.saturating_duration_since(at) >= PAIR_WAIT;
         out.extend(
             self.clients

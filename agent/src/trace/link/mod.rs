@@ -29,7 +29,8 @@
 //! is. Every map here is bounded; requests beyond the bound are not linked and are counted.
 
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
-use std::{collections::VecDeque, sync::Arc};
+use smol_str::SmolStr;
+use std::collections::VecDeque;
 
 use tracing::info;
 
@@ -91,7 +92,7 @@ pub struct Placement {
     /// The parent lives in another process (or another host).
     pub parent_remote: bool,
     pub sampled: bool,
-    pub trace_state: Arc<str>,
+    pub trace_state: SmolStr,
     pub link: Link,
 }
 
@@ -102,7 +103,7 @@ struct Settled {
     parent: Option<[u8; 8]>,
     parent_remote: bool,
     sampled: bool,
-    trace_state: Arc<str>,
+    trace_state: SmolStr,
     link: Link,
 }
 
@@ -201,6 +202,12 @@ impl Linker {
     pub fn with_routes(mut self, routes: Routes) -> Self {
         self.routes = routes;
         self
+    }
+
+    /// Whether anything waits on time: a SERVER request for its client's request, or a client
+    /// request to be forgotten. `tick` must then run soon; otherwise it has nothing to do.
+    pub fn waiting(&self) -> bool {
+        !self.waiting.is_empty() || !self.clients.is_empty()
     }
 
     /// Requests currently tracked (for tests and health counters).
@@ -315,7 +322,7 @@ impl Linker {
             parent: None,
             parent_remote: false,
             sampled: self.sampler.sample(&trace_id, None),
-            trace_state: Arc::from(""),
+            trace_state: SmolStr::default(),
             link: Link::Root,
         }
     }
@@ -327,7 +334,7 @@ impl Linker {
             parent: Some(remote.span_id),
             parent_remote: true,
             sampled: self.sampler.sample(&remote.trace_id, Some(remote.sampled)),
-            trace_state: Arc::from(remote.trace_state.as_str()),
+            trace_state: SmolStr::new(&remote.trace_state),
             link: Link::Propagated(remote.format),
         }
     }
@@ -387,7 +394,7 @@ impl Linker {
                 parent: None,
                 parent_remote: false,
                 sampled: false,
-                trace_state: Arc::from(""),
+                trace_state: SmolStr::default(),
                 link: Link::Root,
             }),
             children: Vec::new(),

@@ -131,6 +131,7 @@ fn peer_that_never_shows_times_out_to_the_header_context() {
         w.spans.is_empty(),
         "held until the peer's record or the timeout"
     );
+    assert!(w.linker.waiting(), "a held span needs the timer");
     w.tick_after(PEER_WAIT_NS / 2);
     assert!(w.spans.is_empty());
     w.tick_after(PEER_WAIT_NS);
@@ -140,6 +141,10 @@ fn peer_that_never_shows_times_out_to_the_header_context() {
     assert_child(w.span("/b-out"), w.span("/b"));
     assert_eq!(w.count(&w.stats.link_peer_timeouts), 1);
     assert_eq!(w.linker.tracked(), 0);
+    // The client request stays matchable a while, then nothing is left for the timer.
+    assert!(w.linker.waiting());
+    w.tick_after(CLIENT_ENTRY_NS);
+    assert!(!w.linker.waiting(), "an idle linker lets the agent sleep");
 }
 
 #[test]
