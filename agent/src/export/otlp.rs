@@ -12,6 +12,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use anyhow::Result;
 use opentelemetry::{KeyValue, trace::TraceState};
 use opentelemetry_sdk::Resource;
+use smol_str::SmolStr;
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -191,7 +192,7 @@ impl Exporter {
 /// A `tracestate` that does not parse (it came from the wire) is dropped rather than sent on.
 fn sanitize_trace_state(s: &mut Span) {
     if !s.trace_state.is_empty() && s.trace_state.parse::<TraceState>().is_err() {
-        s.trace_state = Arc::from("");
+        s.trace_state = SmolStr::default();
     }
 }
 

@@ -1,7 +1,5 @@
 //! The encoding checked by decoding it with the generated OTLP types.
 
-use std::sync::Arc;
-
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{AnyValue as PbValue, any_value},
@@ -26,7 +24,7 @@ fn spans_decode_with_every_field() {
     let parent = client(&p, 1, "db", 5432);
     let mut child = under(server(&p, 2, "/users/{id}", 503), &parent);
     child.parent_remote = true;
-    child.trace_state = Arc::from("vendor=abc");
+    child.trace_state = "vendor=abc".into();
     let res = resource([
         ("service.name", AnyValue::Str("front")),
         ("process.pid", AnyValue::Int(7)),

@@ -36,7 +36,7 @@ fn span(
         parent_span_id: None,
         parent_remote: false,
         sampled: true,
-        trace_state: Arc::from(""),
+        trace_state: SmolStr::default(),
         link: Link::Root,
         kind,
         name: "GET".into(),

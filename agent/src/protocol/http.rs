@@ -2,6 +2,8 @@
 //! describes them the same way whatever the wire format (gRPC included: it is HTTP/2 with
 //! `content-type: application/grpc` and its status in the trailers).
 
+use smol_str::SmolStr;
+
 use crate::{conn::SyscallTime, trace::propagation::Carrier};
 
 /// Header fields of a message, names as sent (HTTP/2 names are lowercase). Kept in one string
@@ -135,7 +137,7 @@ impl Version {
 /// A request as seen on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    pub method: String,
+    pub method: SmolStr,
     /// The request target (path and query, or an absolute URI for proxies); `:path` in HTTP/2.
     pub target: String,
     pub version: Version,

@@ -57,7 +57,7 @@ pub struct Span {
     /// The sampler's decision: unsampled spans are not exported.
     pub sampled: bool,
     /// W3C `tracestate`, carried unchanged from the request that started the trace here.
-    pub trace_state: Arc<str>,
+    pub trace_state: SmolStr,
     /// How the span found its place in the trace.
     pub link: Link,
     pub kind: SpanKind,

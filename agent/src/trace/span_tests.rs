@@ -40,7 +40,7 @@ fn placement() -> Placement {
         parent: None,
         parent_remote: false,
         sampled: true,
-        trace_state: std::sync::Arc::from(""),
+        trace_state: smol_str::SmolStr::default(),
         link: Link::Root,
     }
 }

@@ -1,6 +1,8 @@
 //! Message heads: recognising where a message starts and parsing request and status lines and
 //! header fields with `httparse`.
 
+use smol_str::SmolStr;
+
 use super::{any_field, headers_from, response_field};
 use crate::{
     conn::{Stream, SyscallTime},
@@ -116,7 +118,7 @@ pub(super) fn parse_request(s: &Stream) -> HeadResult<Request> {
             let (first, last) = head_times(s, skipped, n);
             HeadResult::Done(
                 Request {
-                    method: req.method.unwrap_or_default().to_string(),
+                    method: SmolStr::new(req.method.unwrap_or_default()),
                     target: req.path.unwrap_or_default().to_string(),
                     version: version(req.version),
                     headers: headers_from(req.headers, any_field),

@@ -375,7 +375,7 @@ impl Http2 {
             return;
         };
         let request = Request {
-            method,
+            method: method.into(),
             target,
             version: Version::Http2,
             headers,

@@ -2,7 +2,7 @@
 //! finished span is emitted, and whatever waited on it settles in turn. Also the same-host
 //! meeting of a SERVER request and the traced CLIENT request that sent it.
 
-use std::sync::Arc;
+use smol_str::SmolStr;
 
 use super::{ClientEntry, Link, Linker, Placement, ReqKey, Settled, State, Tuple, Via};
 use crate::{
@@ -138,7 +138,7 @@ impl Linker {
                         {
                             parent.trace_state.clone()
                         } else {
-                            Arc::from(r.trace_state.as_str())
+                            SmolStr::new(&r.trace_state)
                         },
                         link,
                     },
