@@ -111,6 +111,8 @@ pub struct ConnTable {
     clients: HashSet<(Endpoint, Endpoint)>,
     /// Connections whose bytes are of no use, for the kernel to stop shipping.
     ignored: Vec<(ConnKey, u8)>,
+    /// Records a connection just completed, before they get its metadata (kept to reuse).
+    records: Vec<Record>,
     next_id: u64,
     limits: Limits,
 }
@@ -149,6 +151,7 @@ impl ConnTable {
             fds: HashMap::new(),
             clients: HashSet::new(),
             ignored: Vec::new(),
+            records: Vec::new(),
             next_id: 0,
             limits,
         }
@@ -179,13 +182,20 @@ impl ConnTable {
             fd: ev.fd,
             sock: ev.conn.sock,
         };
+        // A data record of a known connection (the common case) needs one lookup: its fd still
+        // refers to its socket, since any record of another socket on that fd removed it.
+        if let EventKind::Data { direction } = ev.kind
+            && self.conns.contains_key(&key)
+        {
+            return self.data(key, ev, direction, stats, out);
+        }
         // A new socket behind a known fd: the old connection is over.
         if let Some(old) = self.fds.insert((ev.tgid, ev.fd), ev.conn.sock)
             && old != ev.conn.sock
         {
             self.remove(ConnKey { sock: old, ..key }, stats, out);
         }
-        match &ev.kind {
+        match ev.kind {
             EventKind::Open => {
                 self.remove(key, stats, out);
                 self.insert(key, ev, true, stats, out);
@@ -198,89 +208,71 @@ impl ConnTable {
                 self.remove(key, stats, out);
             }
             EventKind::Data { direction } => {
-                if !self.conns.contains_key(&key) {
-                    self.insert(key, ev, false, stats, out);
-                }
-                let Some(conn) = self.conns.get_mut(&key) else {
-                    return;
-                };
-                conn.last_ns = ev.exit_ns;
-                if ev.tls && !conn.tls {
-                    conn.start_tls();
-                    stats.inc(&stats.conns_tls);
-                }
-                // Ciphertext (the plaintext comes from the TLS probes), or an unparsed protocol.
-                if (conn.tls && !ev.tls) || conn.is_other() {
-                    return;
-                }
-                let time = SyscallTime {
-                    enter_ns: ev.enter_ns,
-                    exit_ns: ev.exit_ns,
-                    tid: ev.tid,
-                };
-                let stream = match direction {
-                    Direction::Ingress => &mut conn.ingress,
-                    Direction::Egress => &mut conn.egress,
-                };
-                let dropped = stream.push(ev.payload, ev.len, time);
-                stats.add(&stats.stream_bytes_dropped, dropped as u64);
-                let had_role = conn.role.is_some();
-                let mut records = Vec::new();
-                conn.process(stats, &mut records);
-                let (role, peer) = (conn.role, conn.peer);
-                if !had_role && role == Some(Role::Client) {
-                    self.clients.insert((peer.local, peer.remote));
-                }
-                let wanted = conn.wanted_ignore();
-                if wanted & !conn.ignored != 0 {
-                    conn.ignored = wanted;
-                    if self.ignored.len() < 4096 {
-                        self.ignored.push((key, wanted));
-                    }
-                }
-                self.attach(key, records, out);
+                self.insert(key, ev, false, stats, out);
+                self.data(key, ev, direction, stats, out);
             }
         }
+    }
+
+    /// Bytes of the connection `key`, which is in the table: one lookup, and the records it
+    /// completes go out with its metadata.
+    fn data(
+        &mut self,
+        key: ConnKey,
+        ev: &SocketEvent,
+        direction: Direction,
+        stats: &Stats,
+        out: &mut Vec<ConnRecord>,
+    ) {
+        let ConnTable {
+            conns,
+            clients,
+            ignored,
+            records,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(&key) else {
+            return;
+        };
+        conn.last_ns = ev.exit_ns;
+        if ev.tls && !conn.tls {
+            conn.start_tls();
+            stats.inc(&stats.conns_tls);
+        }
+        // Ciphertext (the plaintext comes from the TLS probes), or an unparsed protocol.
+        if (conn.tls && !ev.tls) || conn.is_other() {
+            return;
+        }
+        let time = SyscallTime {
+            enter_ns: ev.enter_ns,
+            exit_ns: ev.exit_ns,
+            tid: ev.tid,
+        };
+        let stream = match direction {
+            Direction::Ingress => &mut conn.ingress,
+            Direction::Egress => &mut conn.egress,
+        };
+        let dropped = stream.push(ev.payload, ev.len, time);
+        stats.add(&stats.stream_bytes_dropped, dropped as u64);
+        let had_role = conn.role.is_some();
+        conn.process(stats, records);
+        if !had_role && conn.role == Some(Role::Client) {
+            clients.insert((conn.peer.local, conn.peer.remote));
+        }
+        let wanted = conn.wanted_ignore();
+        if wanted & !conn.ignored != 0 {
+            conn.ignored = wanted;
+            if ignored.len() < 4096 {
+                ignored.push((key, wanted));
+            }
+        }
+        attach_conn(clients, key.tgid, conn, records, out);
     }
 
     /// Connections found of no use since the last call, for the kernel to stop shipping
     /// their bytes.
     pub fn take_ignored(&mut self) -> Vec<(ConnKey, u8)> {
         std::mem::take(&mut self.ignored)
-    }
-
-    /// Adds the connection's metadata to its records.
-    fn attach(&self, key: ConnKey, records: Vec<Record>, out: &mut Vec<ConnRecord>) {
-        if records.is_empty() {
-            return;
-        }
-        let Some(conn) = self.conns.get(&key) else {
-            return;
-        };
-        self.attach_conn(key.tgid, conn, records, out);
-    }
-
-    fn attach_conn(&self, tgid: u32, conn: &Conn, records: Vec<Record>, out: &mut Vec<ConnRecord>) {
-        let Some(role) = conn.role else {
-            return;
-        };
-        let peer_traced =
-            role == Role::Server && self.clients.contains(&conn.peer.tuple(Role::Server));
-        let meta = ConnMeta {
-            tgid,
-            id: conn.id,
-            role,
-            peer: conn.peer,
-            peer_traced,
-            tls: conn.tls.then_some(TlsMeta {
-                version: conn.tls_version,
-            }),
-        };
-        out.extend(
-            records
-                .into_iter()
-                .map(|record| ConnRecord { conn: meta, record }),
-        );
     }
 
     /// Ends every connection (at shutdown): responses delimited by close are completed.
@@ -378,11 +370,43 @@ impl ConnTable {
             if conn.role == Some(Role::Client) {
                 self.clients.remove(&(conn.peer.local, conn.peer.remote));
             }
-            let mut records = Vec::new();
-            conn.close(stats, &mut records);
-            self.attach_conn(key.tgid, &conn, records, out);
+            conn.close(stats, &mut self.records);
+            attach_conn(&self.clients, key.tgid, &conn, &mut self.records, out);
         }
     }
+}
+
+/// Moves a connection's records to `out`, each with the connection's metadata.
+fn attach_conn(
+    clients: &HashSet<(Endpoint, Endpoint)>,
+    tgid: u32,
+    conn: &Conn,
+    records: &mut Vec<Record>,
+    out: &mut Vec<ConnRecord>,
+) {
+    if records.is_empty() {
+        return;
+    }
+    let Some(role) = conn.role else {
+        records.clear();
+        return;
+    };
+    let peer_traced = role == Role::Server && clients.contains(&conn.peer.tuple(Role::Server));
+    let meta = ConnMeta {
+        tgid,
+        id: conn.id,
+        role,
+        peer: conn.peer,
+        peer_traced,
+        tls: conn.tls.then_some(TlsMeta {
+            version: conn.tls_version,
+        }),
+    };
+    out.extend(
+        records
+            .drain(..)
+            .map(|record| ConnRecord { conn: meta, record }),
+    );
 }
 
 #[cfg(test)]
