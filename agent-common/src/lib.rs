@@ -124,7 +124,8 @@ pub mod counter {
     /// Scratch buffer unavailable (should never happen; counted so it would be seen).
     pub const LOST_NO_SCRATCH: u32 = 6;
     /// Processes the kernel started tracing by itself (fork of a traced process, selected port)
-    /// but could not add to the traced map because it was full.
+    /// but could not mark traced: their tgid is beyond the `pid_max` the traced set was sized
+    /// for at start-up (raised since).
     pub const LOST_TRACED_FULL: u32 = 7;
     /// Syscalls not shipped because userspace marked their connection as of no use (not a
     /// loss: saved work).

@@ -6,6 +6,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     Global,
+    bindings::BPF_F_MMAPABLE,
     helpers::bpf_get_current_cgroup_id,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -47,10 +48,15 @@ pub static SETTINGS: Global<Settings> = Global::new(Settings {
     _pad: 0,
 });
 
-/// Processes to trace (tgid → why: 1 selected by userspace, 2 forked from a traced process,
-/// 3 selected by port in the kernel). A tgid not in here costs one hash lookup.
+/// Processes to trace: one byte per tgid (0 untraced, else why: 1 selected by userspace, 2
+/// forked from a traced process, 3 selected by port in the kernel), eight to an element. Every
+/// syscall program of every process asks first whether its process is traced; an array load is
+/// inlined by the verifier where a hash lookup cost a call and a hash (~90 ns on these VMs).
+/// Sized by the loader to the host's `pid_max` (one byte per possible tgid, 4 MiB at most) and
+/// mapped into userspace (`BPF_F_MMAPABLE`), which writes single bytes: no writer ever
+/// rewrites a neighbour's byte, so the kernel's and userspace's writes need no lock.
 #[map]
-pub static TRACED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(16_384, 0);
+pub static TRACED: Array<u64> = Array::with_max_entries(4096, BPF_F_MMAPABLE);
 
 /// Processes never traced, whatever else selects them (`--exclude-*`), inherited on fork.
 #[map]
@@ -183,12 +189,49 @@ pub fn count(index: u32) {
     }
 }
 
-/// Marks `TRACED_TGIDS` values: why the kernel traces a process.
+/// Marks `TRACED` values: why the kernel traces a process.
 pub const BY_FORK: u8 = 2;
 pub const BY_PORT: u8 = 3;
 
+/// The `TRACED` byte of `tgid`, or `None` beyond the host's `pid_max` at start-up.
+#[inline(always)]
+fn traced_byte(tgid: u32) -> Option<*mut u8> {
+    let word = TRACED.get_ptr_mut(tgid >> 3)?;
+    // SAFETY: an offset of 0..=7 inside the 8-byte element.
+    Some(unsafe { (word as *mut u8).add((tgid & 7) as usize) })
+}
+
+/// Why `tgid` is traced (`BY_*`), 0 when it is not.
+#[inline(always)]
+pub fn traced_reason(tgid: u32) -> u8 {
+    // SAFETY: a byte of a map element; a concurrent writer only makes it stale.
+    traced_byte(tgid).map_or(0, |b| unsafe { core::ptr::read_volatile(b) })
+}
+
+/// Marks `tgid` traced; false when it cannot be represented (a tgid beyond `pid_max`).
+#[inline(always)]
+pub fn set_traced(tgid: u32, why: u8) -> bool {
+    match traced_byte(tgid) {
+        // SAFETY: a single-byte store to this tgid's own byte.
+        Some(b) => {
+            unsafe { core::ptr::write_volatile(b, why) };
+            true
+        }
+        None => false,
+    }
+}
+
+/// Marks `tgid` untraced.
+#[inline(always)]
+pub fn clear_traced(tgid: u32) {
+    if let Some(b) = traced_byte(tgid) {
+        // SAFETY: as for `set_traced`.
+        unsafe { core::ptr::write_volatile(b, 0) };
+    }
+}
+
 /// True when this tgid is one the agent traces. The common case, an untraced process with only
-/// pid selection, costs one hash lookup.
+/// pid selection, costs one inlined array load.
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
     let settings = SETTINGS.load();
@@ -196,7 +239,7 @@ pub fn is_traced(tgid: u32) -> bool {
         return false;
     }
     // SAFETY (all map reads): plain values; a concurrent update can only make them stale.
-    if unsafe { TRACED_TGIDS.get(tgid).is_some() } {
+    if traced_reason(tgid) != 0 {
         return true;
     }
     if settings.flags & (select::ALL | select::CGROUPS) == 0 {

@@ -15,8 +15,8 @@ use aya_ebpf::{
 
 use crate::inflight;
 use crate::maps::{
-    BY_FORK, EVENTS, EXCLUDED_TGIDS, FORCE_WAKEUP, OFFSETS, SETTINGS, TRACED_TGIDS, count,
-    is_traced,
+    BY_FORK, EVENTS, EXCLUDED_TGIDS, FORCE_WAKEUP, OFFSETS, SETTINGS, clear_traced, count,
+    is_traced, set_traced, traced_reason,
 };
 
 #[inline(always)]
@@ -69,8 +69,8 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         let _ = EXCLUDED_TGIDS.insert(tgid, 1, 0);
         return 0;
     }
-    if unsafe { TRACED_TGIDS.get(parent).is_some() } {
-        if TRACED_TGIDS.insert(tgid, BY_FORK, 0).is_err() {
+    if traced_reason(parent) != 0 {
+        if !set_traced(tgid, BY_FORK) {
             count(counter::LOST_TRACED_FULL);
         }
         emit(PROC_FORK, tgid, parent, 0);
@@ -112,7 +112,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let traced = is_traced(tgid);
-    let _ = TRACED_TGIDS.remove(tgid);
+    clear_traced(tgid);
     let _ = EXCLUDED_TGIDS.remove(tgid);
     if traced {
         emit(PROC_EXIT, tgid, 0, 0);

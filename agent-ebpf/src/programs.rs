@@ -25,8 +25,8 @@ use aya_ebpf::{
 use crate::{
     inflight,
     maps::{
-        BY_PORT, BufKind, CONNS, Inflight, OFFSETS, TRACED_TGIDS, count, is_selected_port,
-        is_traced, may_select_by_port,
+        BY_PORT, BufKind, CONNS, Inflight, OFFSETS, count, is_selected_port, is_traced,
+        may_select_by_port, set_traced,
     },
     payload::{emit_data, emit_header},
     process,
@@ -229,7 +229,7 @@ fn select_by_port(pid_tgid: u64, fd: i32, role: u8) -> bool {
     if conn.is_tcp == 0 || !is_selected_port(port) {
         return false;
     }
-    if TRACED_TGIDS.insert(tgid, BY_PORT, 0).is_err() {
+    if !set_traced(tgid, BY_PORT) {
         count(counter::LOST_TRACED_FULL);
         return false;
     }

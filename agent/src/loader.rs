@@ -13,7 +13,10 @@ use aya::{
 };
 use tracing::{debug, info};
 
-use crate::btf;
+use crate::{
+    btf,
+    select::traced::{self, TracedSet},
+};
 
 /// The compiled kernel programs, embedded at build time by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
@@ -96,8 +99,8 @@ pub struct Probes {
 
 /// The maps through which userspace tells the kernel which processes to trace.
 pub struct SelectMaps {
-    /// Traced processes (tgid → reason).
-    pub traced: HashMap<MapData, u32, u8>,
+    /// Traced processes (a byte per tgid, shared with the kernel).
+    pub traced: TracedSet,
     /// Processes never traced.
     pub excluded: HashMap<MapData, u32, u8>,
     /// cgroup ids whose processes are traced.
@@ -175,6 +178,7 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded> {
         .override_global("OFFSETS", &offsets, true)
         .override_global("SETTINGS", &settings, true)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+        .map_max_entries("TRACED", traced::elements())
         .load(EBPF_OBJECT)
         .map_err(explain_load_error)?;
     let tracepoints = TRACEPOINTS
@@ -213,7 +217,7 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded> {
     );
     let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
     let select = SelectMaps {
-        traced: HashMap::try_from(take(&mut ebpf, "TRACED_TGIDS")?)?,
+        traced: TracedSet::new(take(&mut ebpf, "TRACED")?)?,
         excluded: HashMap::try_from(take(&mut ebpf, "EXCLUDED_TGIDS")?)?,
         cgroups: HashMap::try_from(take(&mut ebpf, "TRACED_CGROUPS")?)?,
         ports: HashMap::try_from(take(&mut ebpf, "SELECT_PORTS")?)?,

@@ -12,6 +12,7 @@
 //! already running at start-up.
 
 pub mod scan;
+pub mod traced;
 pub mod tracker;
 
 use std::fmt;

@@ -17,9 +17,6 @@ use crate::{
     process::cgroup,
 };
 
-/// `TRACED_TGIDS` value for a process selected by userspace.
-const BY_USER: u8 = 1;
-
 /// Why a process is traced, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
@@ -202,8 +199,8 @@ impl Tracker {
         if self.selection.all() {
             return false;
         }
-        if let Err(err) = self.maps.traced.insert(pid, BY_USER, 0) {
-            warn!(pid, %err, "cannot add the process to the kernel's traced set (full?)");
+        if let Err(err) = self.maps.traced.insert(pid) {
+            warn!(pid, %err, "cannot add the process to the kernel's traced set");
             return false;
         }
         if self.selection.wants_containers() {
@@ -257,7 +254,7 @@ impl Tracker {
     }
 
     fn exclude(&mut self, pid: u32) {
-        let _ = self.maps.traced.remove(&pid);
+        self.maps.traced.remove(pid);
         self.traced.remove(&pid);
         if let Err(err) = self.maps.excluded.insert(pid, 1, 0) {
             warn!(pid, %err, "cannot add the process to the kernel's excluded set (full?)");
