@@ -112,23 +112,39 @@ impl Writer {
         self.buf[at + n - 1] = v as u8;
     }
 
-    /// A `KeyValue` in field `field`.
+    /// A `KeyValue` in field `field`. The most frequent message (a dozen per span), so its
+    /// lengths are computed first and every byte is written once, without the placeholder and
+    /// back-patching of `message`.
     pub fn key_value(&mut self, field: u32, key: &str, value: AnyValue<'_>) {
-        self.message(field, |w| {
-            w.bytes(1, key.as_bytes());
-            w.message(2, |w| match value {
-                AnyValue::Str(s) => {
-                    // An empty string is still a value: write the field even when empty.
-                    w.tag(1, LEN);
-                    w.varint(s.len() as u64);
-                    w.buf.extend_from_slice(s.as_bytes());
-                }
-                AnyValue::Int(i) => {
-                    w.tag(3, VARINT);
-                    w.varint(i as u64);
-                }
-            });
-        });
+        // `AnyValue` body: a string (field 1, written even when empty: it is still a value) or
+        // an int (field 3).
+        let any_len = match value {
+            AnyValue::Str(s) => 1 + varint_len(s.len() as u64) + s.len(),
+            AnyValue::Int(i) => 1 + varint_len(i as u64),
+        };
+        let key_len = if key.is_empty() {
+            0
+        } else {
+            1 + varint_len(key.len() as u64) + key.len()
+        };
+        let kv_len = key_len + 1 + varint_len(any_len as u64) + any_len;
+        self.buf.reserve(1 + varint_len(kv_len as u64) + kv_len);
+        self.tag(field, LEN);
+        self.varint(kv_len as u64);
+        self.bytes(1, key.as_bytes());
+        self.tag(2, LEN);
+        self.varint(any_len as u64);
+        match value {
+            AnyValue::Str(s) => {
+                self.tag(1, LEN);
+                self.varint(s.len() as u64);
+                self.buf.extend_from_slice(s.as_bytes());
+            }
+            AnyValue::Int(i) => {
+                self.tag(3, VARINT);
+                self.varint(i as u64);
+            }
+        }
     }
 }
 

@@ -128,7 +128,7 @@ pub fn json_line(s: &Span) -> String {
         "parent_span_id": s.parent_span_id.map(hex::encode),
         "trace_state": (!s.trace_state.is_empty()).then(|| s.trace_state.to_string()),
         "kind": s.kind.as_str(),
-        "name": s.name,
+        "name": s.name.as_str(),
         "start_time_unix_nano": clock::unix_nanos(s.start),
         "end_time_unix_nano": clock::unix_nanos(s.end),
         "duration_ms": duration_ms(s),

@@ -2,7 +2,7 @@
 //! `{db.operation.name} {db.collection.name}` (or the operation alone, or the system),
 //! `db.*` attributes, and ERROR status when the server answered with an error.
 
-use smol_str::SmolStr;
+use smol_str::{SmolStr, format_smolstr};
 
 use super::{Described, Value, network_attributes};
 use crate::{conn::ConnMeta, protocol::db::Operation};
@@ -39,9 +39,9 @@ pub fn describe(conn: &ConnMeta, op: &Operation) -> Described {
     ));
     network_attributes(conn, peer, &mut a);
     let name = match (&op.operation, &op.collection) {
-        (Some(o), Some(c)) => format!("{o} {c}"),
-        (Some(o), None) => o.clone(),
-        _ => op.system.as_str().to_string(),
+        (Some(o), Some(c)) => format_smolstr!("{o} {c}"),
+        (Some(o), None) => SmolStr::new(o),
+        _ => SmolStr::new_static(op.system.as_str()),
     };
     Described {
         name,

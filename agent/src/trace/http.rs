@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use smol_str::{SmolStr, format_smolstr};
+use smol_str::{SmolStr, SmolStrBuilder, format_smolstr};
 
 use super::{Described, SpanKind, Value, network_attributes, route::Routes};
 use crate::{
@@ -101,7 +101,7 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
             );
             a.push(("error.type", Value::Str(t)));
         }
-        (format!("{service}/{method}"), error)
+        (format_smolstr!("{service}/{method}"), error)
     } else {
         let known = KNOWN_METHODS.iter().find(|m| **m == req.method).copied();
         let method_known = known.is_some();
@@ -115,7 +115,7 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
         a.push(("url.path", s(path)));
         let route = (kind == SpanKind::Server).then(|| routes.route(path));
         if let Some(r) = &route {
-            a.push(("http.route", s(r)));
+            a.push(("http.route", Value::Str(r.clone())));
         }
         if let Some(q) = query {
             a.push(("url.query", s(q)));
@@ -161,10 +161,17 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
             a.push(("error.type", Value::Str(t)));
         }
         let method = if method_known { &req.method } else { "HTTP" };
-        // Concatenated rather than `format!`ed: this runs once per span.
+        // Built in place rather than `format!`ed: this runs once per span, and most names fit
+        // a `SmolStr` inline.
         let name = match route {
-            Some(r) => [method, " ", r.as_str()].concat(),
-            None => method.to_string(),
+            Some(r) => {
+                let mut name = SmolStrBuilder::new();
+                name.push_str(method);
+                name.push(' ');
+                name.push_str(&r);
+                name.finish()
+            }
+            None => SmolStr::new(method),
         };
         (name, error)
     };

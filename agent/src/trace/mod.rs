@@ -50,7 +50,7 @@ pub fn new_span_id(rng: &mut impl Rng) -> [u8; 8] {
 
 /// What a protocol says about its span: its name, attributes and whether it failed.
 pub struct Described {
-    pub name: String,
+    pub name: SmolStr,
     pub attributes: Vec<(&'static str, Value)>,
     pub error: bool,
 }

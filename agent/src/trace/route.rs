@@ -4,6 +4,7 @@
 //! `/users/43` share the route `/users/{id}` and one metric series. Route patterns the user
 //! configures (`--route /orders/{order}/items/*`) are tried first and win.
 
+use smol_str::{SmolStr, SmolStrBuilder};
 use thiserror::Error;
 
 /// The placeholder an identifier-like segment becomes.
@@ -37,7 +38,7 @@ enum Segment {
 /// A user route pattern: `/users/{id}`, `/static/*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pattern {
-    text: String,
+    text: SmolStr,
     segments: Vec<Segment>,
 }
 
@@ -69,7 +70,7 @@ impl Pattern {
             segments.push(seg);
         }
         Ok(Pattern {
-            text: trimmed.to_string(),
+            text: SmolStr::new(trimmed),
             segments,
         })
     }
@@ -118,7 +119,7 @@ impl Routes {
     }
 
     /// The route of a request path (without its query).
-    pub fn route(&self, path: &str) -> String {
+    pub fn route(&self, path: &str) -> SmolStr {
         if let Some(p) = self.patterns.iter().find(|p| p.matches(path)) {
             return p.text.clone();
         }
@@ -126,9 +127,10 @@ impl Routes {
     }
 }
 
-/// The heuristic route of a path.
-pub fn reduce(path: &str) -> String {
-    let mut out = String::with_capacity(path.len().min(128));
+/// The heuristic route of a path. Built in place: most routes fit a `SmolStr` inline, and this
+/// runs once per SERVER span.
+pub fn reduce(path: &str) -> SmolStr {
+    let mut out = SmolStrBuilder::new();
     for (i, seg) in path.split('/').filter(|s| !s.is_empty()).enumerate() {
         if i == MAX_SEGMENTS {
             out.push_str("/*");
@@ -142,10 +144,10 @@ pub fn reduce(path: &str) -> String {
         }
     }
     // The root, or a trailing slash the path had (a different resource to many routers).
-    if out.is_empty() || (path.ends_with('/') && !out.ends_with("/*")) {
+    if out.is_empty() || (path.ends_with('/') && !out.as_str().ends_with("/*")) {
         out.push('/');
     }
-    out
+    out.finish()
 }
 
 /// Whether a path segment is an identifier rather than a name.

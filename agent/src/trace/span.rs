@@ -61,7 +61,7 @@ pub struct Span {
     /// How the span found its place in the trace.
     pub link: Link,
     pub kind: SpanKind,
-    pub name: String,
+    pub name: SmolStr,
     pub start: SystemTime,
     pub end: SystemTime,
     pub attributes: Vec<(&'static str, Value)>,

@@ -107,7 +107,7 @@ fn view(span: &Span) -> SpanView {
     SpanView {
         span_id: hex::encode(span.span_id),
         parent_id: span.parent_span_id.map(hex::encode),
-        name: span.name.clone(),
+        name: span.name.to_string(),
         service: span.process.service_name.clone(),
         kind: match span.kind {
             SpanKind::Server => "SERVER",
