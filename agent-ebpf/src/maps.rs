@@ -212,8 +212,8 @@ pub fn traced_reason(tgid: u32) -> u8 {
 #[inline(always)]
 pub fn set_traced(tgid: u32, why: u8) -> bool {
     match traced_byte(tgid) {
-        // SAFETY: a single-byte store to this tgid's own byte.
         Some(b) => {
+            // SAFETY: a single-byte store to this tgid's own byte.
             unsafe { core::ptr::write_volatile(b, why) };
             true
         }

@@ -63,6 +63,11 @@ impl TracedSet {
             return Err(TracedSetError::NotArray);
         };
         let len = data.info().map_or(0, |i| i.max_entries() as usize) * 8;
+        if len == 0 {
+            return Err(TracedSetError::Mmap(std::io::Error::other(
+                "the kernel reports no elements for the map",
+            )));
+        }
         // SAFETY: a shared read-write mapping of the map's fd over its whole value area; the
         // kernel refuses (EINVAL) anything larger than the array.
         let addr = unsafe {
@@ -75,7 +80,7 @@ impl TracedSet {
                 0,
             )
         };
-        if addr == libc::MAP_FAILED || len == 0 {
+        if addr == libc::MAP_FAILED {
             return Err(TracedSetError::Mmap(std::io::Error::last_os_error()));
         }
         let bytes = NonNull::new(addr.cast::<AtomicU8>())
