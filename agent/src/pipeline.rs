@@ -47,8 +47,6 @@ use crate::{
 const BATCH: usize = 1024;
 /// Connections idle this long are forgotten.
 const IDLE: Duration = Duration::from_secs(300);
-/// Idle connections are looked for every this many housekeeping seconds.
-const SWEEP_EVERY: u32 = 10;
 
 /// Checks `--pid` selectors before anything is loaded, so a typo fails at once.
 fn check_pids(config: &Config) -> Result<()> {
@@ -389,9 +387,9 @@ async fn process_loop(
         exited: Vec::new(),
     };
     let mut backstop = capture::Backstop::new();
-    // Gauges, and the sweep of idle connections every `SWEEP_EVERY` of these.
+    // Gauges, and metrics housekeeping when nothing waits.
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
-    let mut ticks: u32 = 0;
+    let mut sweep = tokio::time::interval(Duration::from_secs(10));
     // Frequent enough that a SERVER span waiting for its client is not held long. It only runs
     // while something waits (a request for its peer, a service-graph half for its other half):
     // an idle agent is not woken ten times a second for nothing.
@@ -418,12 +416,11 @@ async fn process_loop(
                 stats.set(&stats.gauges.connections, work.table.len() as u64);
                 stats.set(&stats.gauges.requests_in_flight, st.linker.tracked() as u64);
                 stats.set(&stats.gauges.processes_traced, st.tracker.traced().count() as u64);
-                ticks = ticks.wrapping_add(1);
-                if ticks.is_multiple_of(SWEEP_EVERY) {
-                    let cutoff = clock::monotonic_ns().saturating_sub(IDLE.as_nanos() as u64);
-                    let gone = work.table.expire(cutoff, alive, &stats, &mut work.records);
-                    work.exited.extend(gone);
-                }
+            }
+            _ = sweep.tick() => {
+                let cutoff = clock::monotonic_ns().saturating_sub(IDLE.as_nanos() as u64);
+                let gone = work.table.expire(cutoff, alive, &stats, &mut work.records);
+                work.exited.extend(gone);
             }
             _ = stop.changed() => break,
         }
