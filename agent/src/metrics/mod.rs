@@ -166,14 +166,15 @@ impl Metrics {
 
     /// Measures one finished span.
     pub fn observe(&self, span: &Span, now: Instant) {
-        let instrument = red::Instrument::of(span);
-        let hash = red::Key::fingerprint(span, instrument);
+        let measured = red::Measured::new(span);
+        let instrument = measured.instrument;
+        let hash = measured.fingerprint();
         let secs = red::seconds(span);
         let mut st = self.lock();
         let (series, overflowed) = st.red.get(
             hash,
-            |k| k.describes(span, instrument),
-            || red::Key::of(span, instrument),
+            |k| k.describes(&measured),
+            || red::Key::of(&measured),
             || red::Key::overflow(instrument),
         );
         series.histogram.record(secs);

@@ -37,7 +37,7 @@ use tracing::{debug, warn};
 use super::{
     graph::{Edge, Request},
     histogram::BOUNDS,
-    red::{Instrument, Key},
+    red::{Instrument, Key, Measured},
     series::OVERFLOW_ATTRIBUTE,
 };
 use crate::{
@@ -346,7 +346,7 @@ impl Recorder {
                 .red
                 .bind(instrument, &overflow_attributes());
         };
-        let attrs = key_values(&Key::of(span, instrument).attributes);
+        let attrs = key_values(&Key::of(&Measured::by(span, instrument)).attributes);
         let mut processes = self.processes();
         let p = &span.process;
         let current = processes

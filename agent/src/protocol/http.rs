@@ -86,11 +86,10 @@ impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {
 }
 
 impl Carrier for Headers {
-    fn values<'a>(&'a self, name: &str) -> Vec<&'a str> {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
-            .collect()
     }
 }
 
@@ -110,7 +109,7 @@ mod tests {
         );
         assert_eq!(h.get("HOST"), Some("a:1"));
         assert_eq!(h.get("x-empty"), Some(""));
-        assert_eq!(h.values("host"), ["a:1", "b"]);
+        assert_eq!(h.values("host").collect::<Vec<_>>(), ["a:1", "b"]);
         assert_eq!(h.get("missing"), None);
     }
 }

@@ -51,8 +51,10 @@ pub enum Extracted {
 
 /// Read access to header-like fields, by case-insensitive name.
 pub trait Carrier {
-    /// Every value of the field `name` (case-insensitive), in order.
-    fn values<'a>(&'a self, name: &str) -> Vec<&'a str>;
+    /// Every value of the field `name` (case-insensitive), in order. An iterator, not a
+    /// collection: most requests carry no context, and each of the formats' names is looked up
+    /// on every one of them.
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a;
 }
 
 /// Longest `tracestate` carried; the W3C recommends propagating at least 512 characters.
@@ -83,10 +85,10 @@ pub fn extract(carrier: &impl Carrier) -> Extracted {
 type Parsed = Option<Result<Remote, ()>>;
 
 /// Exactly one value, or an error when the field is repeated with different values.
-fn single<'a>(carrier: &'a impl Carrier, name: &str) -> Option<Result<&'a str, ()>> {
-    let values = carrier.values(name);
-    let first = *values.first()?;
-    if values.iter().any(|v| *v != first) {
+fn single<'a>(carrier: &'a impl Carrier, name: &'a str) -> Option<Result<&'a str, ()>> {
+    let mut values = carrier.values(name);
+    let first = values.next()?;
+    if values.any(|v| v != first) {
         return Some(Err(()));
     }
     Some(Ok(first.trim()))
@@ -159,13 +161,16 @@ fn parse_traceparent(value: &str) -> Result<([u8; 16], [u8; 8], bool), ()> {
 /// All `tracestate` values joined, as the W3C allows the field to be split; dropped when too
 /// long to carry.
 fn trace_state(carrier: &impl Carrier) -> String {
-    let joined = carrier
-        .values("tracestate")
-        .iter()
-        .map(|v| v.trim())
-        .filter(|v| !v.is_empty())
-        .collect::<Vec<_>>()
-        .join(",");
+    let mut joined = String::new();
+    for v in carrier.values("tracestate").map(str::trim) {
+        if v.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        joined.push_str(v);
+    }
     if joined.len() > MAX_TRACE_STATE {
         String::new()
     } else {
@@ -280,12 +285,11 @@ mod tests {
     struct H<'s>(Vec<(&'static str, &'s str)>);
 
     impl Carrier for H<'_> {
-        fn values<'a>(&'a self, name: &str) -> Vec<&'a str> {
+        fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
             self.0
                 .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| *v)
-                .collect()
         }
     }
 
