@@ -112,18 +112,27 @@ pub fn resource(p: &ProcessInfo) -> Resource {
 /// Batches exported at once: one round trip at a time cannot keep up with a busy host.
 const IN_FLIGHT: usize = 4;
 
-/// The transport, the processes' encoded resources, and the exports in flight.
-struct Exporter {
-    transport: Transport,
+/// Encodes batches of spans as `ExportTraceServiceRequest` bodies, keeping each process's
+/// encoded resource (bounded). Apart from the exporter so that `benches/pipeline.rs` measures
+/// exactly this work.
+pub struct Encoder {
     max_resources: usize,
     resources: HashMap<u32, (Arc<ProcessInfo>, Arc<[u8]>)>,
-    in_flight: tokio::task::JoinSet<()>,
     /// Encoded bytes per span in the last batch, with some room: the next batch's buffer is
     /// allocated at its expected size once rather than grown (and copied) as it fills.
     span_bytes: usize,
 }
 
-impl Exporter {
+impl Encoder {
+    /// Keeps the encoded resources of at most `max_resources` processes.
+    pub fn new(max_resources: usize) -> Self {
+        Encoder {
+            max_resources,
+            resources: HashMap::new(),
+            span_bytes: 512,
+        }
+    }
+
     /// The encoded resource of a process (encoded again when the pid now names another one).
     fn resource(&mut self, p: &Arc<ProcessInfo>) -> Arc<[u8]> {
         if let Some((known, bytes)) = self.resources.get(&p.pid)
@@ -139,6 +148,36 @@ impl Exporter {
         bytes
     }
 
+    /// Encodes `spans` (and empties it) as one request, a `ResourceSpans` per process, after
+    /// `prefix` bytes left for the transport's framing.
+    pub fn encode(&mut self, spans: &mut Vec<Span>, prefix: usize) -> Vec<u8> {
+        let n = spans.len();
+        spans.sort_by_key(|s| s.process.pid);
+        let mut w = Writer {
+            buf: Vec::with_capacity(prefix + n * self.span_bytes),
+        };
+        w.buf.resize(prefix, 0);
+        for group in spans.chunk_by_mut(|a, b| a.process.pid == b.process.pid) {
+            let resource = self.resource(&group[0].process);
+            for s in group.iter_mut() {
+                sanitize_trace_state(s);
+            }
+            proto::resource_spans(&mut w, &resource, group.iter());
+        }
+        spans.clear();
+        self.span_bytes = (w.buf.len() / n.max(1)).clamp(64, 16 * 1024) * 9 / 8;
+        w.buf
+    }
+}
+
+/// The transport, the encoder, and the exports in flight.
+struct Exporter {
+    transport: Transport,
+    encoder: Encoder,
+    in_flight: tokio::task::JoinSet<()>,
+}
+
+impl Exporter {
     /// Waits until fewer than `limit` exports are in flight.
     async fn settle(&mut self, limit: usize) {
         while self.in_flight.len() >= limit.max(1) {
@@ -151,25 +190,11 @@ impl Exporter {
     /// Encodes `spans` as one request, a `ResourceSpans` per process, and sends it.
     async fn export(&mut self, spans: &mut Vec<Span>, stats: &Arc<Stats>) {
         let n = spans.len() as u64;
-        spans.sort_by_key(|s| s.process.pid);
-        let prefix = self.transport.prefix_len();
-        let mut w = Writer {
-            buf: Vec::with_capacity(prefix + spans.len() * self.span_bytes),
-        };
-        w.buf.resize(prefix, 0);
-        for group in spans.chunk_by_mut(|a, b| a.process.pid == b.process.pid) {
-            let resource = self.resource(&group[0].process);
-            for s in group.iter_mut() {
-                sanitize_trace_state(s);
-            }
-            proto::resource_spans(&mut w, &resource, group.iter());
-        }
-        spans.clear();
-        self.span_bytes = (w.buf.len() / n.max(1) as usize).clamp(64, 16 * 1024) * 9 / 8;
+        let buf = self.encoder.encode(spans, self.transport.prefix_len());
         self.settle(IN_FLIGHT).await;
         let transport = self.transport.clone();
         let stats = stats.clone();
-        let body = self.transport.seal(w.buf);
+        let body = self.transport.seal(buf);
         self.in_flight.spawn(async move {
             match transport.send(body).await {
                 Ok(outcome) => {
@@ -200,10 +225,8 @@ fn sanitize_trace_state(s: &mut Span) {
 pub async fn run(config: Config, mut rx: mpsc::Receiver<Span>, stats: Arc<Stats>) -> Result<()> {
     let mut exporters = Exporter {
         transport: Transport::new(&config.target)?,
-        max_resources: config.max_resources,
-        resources: HashMap::new(),
+        encoder: Encoder::new(config.max_resources),
         in_flight: tokio::task::JoinSet::new(),
-        span_bytes: 512,
     };
     let mut pending: Vec<Span> = Vec::with_capacity(config.batch_size);
     let mut tick = tokio::time::interval(config.batch_delay);
