@@ -111,7 +111,29 @@ pub fn run(opts: Options, agent_bin: PathBuf, root: PathBuf) -> Result<()> {
             rows.extend(python(&ctx, name, load)?);
         }
     }
-    report::print_and_save(&rows, &ctx.work)
+    if !rows.is_empty() {
+        report::print_and_save(&rows, &ctx.work)?;
+    }
+    if wanted("pipeline") {
+        pipeline(&root, &ctx.work)?;
+    }
+    Ok(())
+}
+
+/// The userspace pipeline alone (`agent/benches/pipeline.rs`): the working tree's code (not
+/// `AGENT_BIN`'s), in nanoseconds per request, free of the scenarios' other processes.
+fn pipeline(root: &std::path::Path, work: &std::path::Path) -> Result<()> {
+    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["bench", "--package", "agent", "--bench", "pipeline"])
+        .current_dir(root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo bench --bench pipeline")?;
+    anyhow::ensure!(out.status.success(), "the pipeline benchmark failed");
+    let table = String::from_utf8_lossy(&out.stdout);
+    println!("\n{table}");
+    std::fs::write(work.join("pipeline.md"), table.as_bytes())?;
+    Ok(())
 }
 
 /// The rotel binary shipped inside its PyPI package.

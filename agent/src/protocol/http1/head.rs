@@ -20,7 +20,7 @@ fn version(minor: Option<u8>) -> Version {
 /// Largest head accepted; a longer one is treated as lost framing.
 pub(super) const MAX_HEAD: usize = 32 * 1024;
 /// Most headers kept per message.
-const MAX_HEADERS: usize = 64;
+pub(super) const MAX_HEADERS: usize = 64;
 
 /// What the start of some bytes looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,10 +32,24 @@ const MAX_PENDING: usize = 64;
 /// §5.5: OWS is spaces and tabs). Values are nearly always ASCII: `from_utf8` checks that
 /// quickly, and only other bytes go through the slower lossy conversion.
 fn headers_from(parsed: &[httparse::Header<'_>], keep: fn(&str) -> bool) -> Headers {
-    let kept = || parsed.iter().filter(|h| keep(h.name));
-    let bytes = kept().map(|h| h.name.len() + h.value.len()).sum();
-    let mut headers = Headers::with_capacity(kept().count(), bytes);
-    for h in kept() {
+    // One pass to size the copy, the kept fields marked in a bit set: `keep` runs once per
+    // field.
+    const _: () = assert!(head::MAX_HEADERS <= 64, "the kept fields are a u64 bit set");
+    let (mut kept, mut count, mut bytes) = (0u64, 0, 0);
+    for (i, h) in parsed.iter().enumerate().take(head::MAX_HEADERS) {
+        if keep(h.name) {
+            kept |= 1 << i;
+            count += 1;
+            bytes += h.name.len() + h.value.len();
+        }
+    }
+    let mut headers = Headers::with_capacity(count, bytes);
+    let kept = parsed
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i < head::MAX_HEADERS && kept & (1 << i) != 0)
+        .map(|(_, h)| h);
+    for h in kept {
         let value = h.value.trim_ascii();
         match std::str::from_utf8(value) {
             Ok(v) => headers.push(h.name, v),
