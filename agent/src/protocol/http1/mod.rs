@@ -35,10 +35,10 @@ fn headers_from(parsed: &[httparse::Header<'_>], keep: fn(&str) -> bool) -> Head
     // One pass to size the copy, the kept fields marked in a bit set: `keep` runs once per
     // field.
     const _: () = assert!(head::MAX_HEADERS <= 64, "the kept fields are a u64 bit set");
-    let (mut kept, mut count, mut bytes) = (0u64, 0, 0);
+    let (mut mask, mut count, mut bytes) = (0u64, 0, 0);
     for (i, h) in parsed.iter().enumerate().take(head::MAX_HEADERS) {
         if keep(h.name) {
-            kept |= 1 << i;
+            mask |= 1 << i;
             count += 1;
             bytes += h.name.len() + h.value.len();
         }
@@ -47,7 +47,7 @@ fn headers_from(parsed: &[httparse::Header<'_>], keep: fn(&str) -> bool) -> Head
     let kept = parsed
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i < head::MAX_HEADERS && kept & (1 << i) != 0)
+        .filter(|(i, _)| *i < head::MAX_HEADERS && mask & (1 << i) != 0)
         .map(|(_, h)| h);
     for h in kept {
         let value = h.value.trim_ascii();
