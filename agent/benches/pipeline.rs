@@ -78,9 +78,16 @@ impl Stage {
     }
 }
 
-/// One ring-buffer record, laid out as the kernel writes it.
-fn record(kind: u32, fd: i32, direction: u8, sc: u8, at: u64, payload: &[u8]) -> Vec<u8> {
-    let tgid = std::process::id();
+/// One ring-buffer record of process `tgid`, laid out as the kernel writes it.
+fn record(
+    tgid: u32,
+    kind: u32,
+    fd: i32,
+    direction: u8,
+    sc: u8,
+    at: u64,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut addr = [0u8; 16];
     addr[..4].copy_from_slice(&[127, 0, 0, 1]);
     let header = EventHeader {
@@ -125,12 +132,22 @@ fn record(kind: u32, fd: i32, direction: u8, sc: u8, at: u64, payload: &[u8]) ->
 fn records(start_ns: u64) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(2 * REQUESTS as usize + CONNECTIONS as usize);
     let fd = |i: u32| 10 + (i % CONNECTIONS) as i32;
+    let tgid = std::process::id();
     for i in 0..CONNECTIONS {
-        out.push(record(EVENT_OPEN, fd(i), 0, syscall::ACCEPT, start_ns, &[]));
+        out.push(record(
+            tgid,
+            EVENT_OPEN,
+            fd(i),
+            0,
+            syscall::ACCEPT,
+            start_ns,
+            &[],
+        ));
     }
     for i in 0..REQUESTS {
         let at = start_ns + u64::from(i + 1) * GAP_NS;
         out.push(record(
+            tgid,
             EVENT_DATA,
             fd(i),
             DIR_INGRESS,
@@ -139,6 +156,7 @@ fn records(start_ns: u64) -> Vec<Vec<u8>> {
             REQUEST,
         ));
         out.push(record(
+            tgid,
             EVENT_DATA,
             fd(i),
             DIR_EGRESS,

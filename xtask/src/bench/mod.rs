@@ -115,17 +115,16 @@ pub fn run(opts: Options, agent_bin: PathBuf, root: PathBuf) -> Result<()> {
         report::print_and_save(&rows, &ctx.work)?;
     }
     if wanted("pipeline") {
-        pipeline(&root, &ctx.work)?;
+        pipeline(&ctx.work)?;
     }
     Ok(())
 }
 
 /// The userspace pipeline alone (`agent/benches/pipeline.rs`): the working tree's code (not
 /// `AGENT_BIN`'s), in nanoseconds per request, free of the scenarios' other processes.
-fn pipeline(root: &std::path::Path, work: &std::path::Path) -> Result<()> {
-    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+fn pipeline(work: &std::path::Path) -> Result<()> {
+    let out = crate::cargo()
         .args(["bench", "--package", "agent", "--bench", "pipeline"])
-        .current_dir(root)
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("running cargo bench --bench pipeline")?;
