@@ -133,10 +133,11 @@ fn pip_install(packages: &[(&str, &str)]) -> Result<()> {
         .args(&missing))
 }
 
-/// What the benchmark needs beyond the test peers: a collector, and the Python service's
-/// libraries with OpenTelemetry's auto-instrumentation for the comparison.
+/// What the benchmark needs beyond the test peers: a collector, the Python service's libraries
+/// with OpenTelemetry's auto-instrumentation for the comparison, and valgrind to count the
+/// pipeline's instructions.
 fn bench_setup() -> Result<()> {
-    apt_install(&["nginx", "wrk", "redis-server"])?;
+    apt_install(&["nginx", "wrk", "redis-server", "valgrind"])?;
     pip_install(&[
         ("flask", "flask"),
         ("waitress", "waitress"),

@@ -6,6 +6,7 @@
 //! report, never a test failure).
 
 mod agent;
+mod pipeline;
 mod procs;
 mod report;
 mod scenario;
@@ -115,23 +116,9 @@ pub fn run(opts: Options, agent_bin: PathBuf, root: PathBuf) -> Result<()> {
         report::print_and_save(&rows, &ctx.work)?;
     }
     if wanted("pipeline") {
-        pipeline(&ctx.work)?;
+        // The working tree's code (not `AGENT_BIN`'s), free of the scenarios' other processes.
+        pipeline::run(&ctx.work)?;
     }
-    Ok(())
-}
-
-/// The userspace pipeline alone (`agent/benches/pipeline.rs`): the working tree's code (not
-/// `AGENT_BIN`'s), in nanoseconds per request, free of the scenarios' other processes.
-fn pipeline(work: &std::path::Path) -> Result<()> {
-    let out = crate::cargo()
-        .args(["bench", "--package", "agent", "--bench", "pipeline"])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("running cargo bench --bench pipeline")?;
-    anyhow::ensure!(out.status.success(), "the pipeline benchmark failed");
-    let table = String::from_utf8_lossy(&out.stdout);
-    println!("\n{table}");
-    std::fs::write(work.join("pipeline.md"), table.as_bytes())?;
     Ok(())
 }
 
