@@ -133,7 +133,7 @@ pub fn json_line(s: &Span) -> String {
         "end_time_unix_nano": clock::unix_nanos(s.end),
         "duration_ms": duration_ms(s),
         "status": if s.status == Status::Error { "ERROR" } else { "UNSET" },
-        "service.name": s.process.service_name,
+        "service.name": s.process.service_name.as_str(),
         "process.pid": s.process.pid,
         "attributes": attrs,
     })

@@ -181,7 +181,7 @@ impl Metrics {
         if let Some(otlp) = &self.otlp {
             series.record_otlp(otlp, span, instrument, overflowed, secs);
         }
-        let service = SmolStr::new(&span.process.service_name);
+        let service = span.process.service_name.clone();
         let mut done = std::mem::take(&mut st.done);
         st.pairing.observe(span, service, now, &mut done);
         self.count(&mut st, &mut done);

@@ -14,13 +14,17 @@ use std::{path::Path, sync::Arc};
 pub use naming::NameSource;
 pub use runtime::Runtime;
 
+use smol_str::SmolStr;
+
 use crate::k8s;
 
 /// Resource attributes of one traced process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub pid: u32,
-    pub service_name: String,
+    /// A `SmolStr`: every span's metrics take a copy, which for a name longer than a `SmolStr`
+    /// holds inline is a reference count rather than an allocation.
+    pub service_name: SmolStr,
     pub name_source: NameSource,
     pub executable_name: String,
     pub executable_path: String,
@@ -134,7 +138,7 @@ pub fn read(
     }
     Ok(ProcessInfo {
         pid,
-        service_name,
+        service_name: service_name.into(),
         name_source,
         executable_name,
         executable_path,
@@ -196,7 +200,7 @@ impl Processes {
                 tracing::debug!(%err, pid, "process identity unavailable");
                 ProcessInfo {
                     pid,
-                    service_name: format!("pid-{pid}"),
+                    service_name: smol_str::format_smolstr!("pid-{pid}"),
                     name_source: NameSource::Executable,
                     executable_name: String::new(),
                     executable_path: String::new(),

@@ -91,6 +91,10 @@ impl Carrier for Headers {
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
     }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.iter().map(|(n, _)| n)
+    }
 }
 
 #[cfg(test)]
@@ -138,7 +142,8 @@ impl Version {
 pub struct Request {
     pub method: SmolStr,
     /// The request target (path and query, or an absolute URI for proxies); `:path` in HTTP/2.
-    pub target: String,
+    /// Most targets fit a `SmolStr` inline, saving an allocation per request.
+    pub target: SmolStr,
     pub version: Version,
     /// Header fields; in HTTP/2 `:authority` is reported as `host` when no `host` is sent.
     pub headers: Headers,

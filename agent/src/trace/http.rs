@@ -10,7 +10,7 @@ use smol_str::{SmolStr, SmolStrBuilder, format_smolstr};
 use super::{Described, SpanKind, Value, network_attributes, route::Routes};
 use crate::{
     conn::{ConnMeta, Role},
-    protocol::http::Exchange,
+    protocol::http::{Exchange, Headers},
 };
 
 /// Methods the HTTP semantic conventions name; others become `_OTHER`.
@@ -39,6 +39,46 @@ fn grpc_path(path: &str) -> Option<(&str, &str)> {
         .then_some((service, method))
 }
 
+/// The request fields a span reads, in the order `Fields` holds them.
+const READ_FIELDS: [&str; 3] = ["host", "content-type", "user-agent"];
+
+/// Whether a span reads the request field `name` (HTTP/1 keeps only the fields something reads).
+pub fn reads_field(name: &str) -> bool {
+    READ_FIELDS.iter().any(|f| name.eq_ignore_ascii_case(f))
+}
+
+/// The values of `READ_FIELDS`, found in one pass over the header fields (the first of each
+/// name, as `Headers::get` gives) rather than a look-up each.
+struct Fields<'a>([Option<&'a str>; READ_FIELDS.len()]);
+
+impl<'a> Fields<'a> {
+    fn of(headers: &'a Headers) -> Self {
+        let mut values = [None; READ_FIELDS.len()];
+        for (name, value) in headers.iter() {
+            // Each comparison starts with the lengths: most names are turned down by them.
+            if let Some(i) = READ_FIELDS
+                .iter()
+                .position(|f| name.eq_ignore_ascii_case(f))
+            {
+                values[i].get_or_insert(value);
+            }
+        }
+        Fields(values)
+    }
+
+    fn host(&self) -> Option<&'a str> {
+        self.0[0]
+    }
+
+    fn content_type(&self) -> Option<&'a str> {
+        self.0[1]
+    }
+
+    fn user_agent(&self) -> Option<&'a str> {
+        self.0[2]
+    }
+}
+
 /// Describes one HTTP exchange. SERVER spans get an `http.route` from `routes` and are named
 /// `{method} {http.route}`; CLIENT spans are named by the method alone (a client knows no
 /// route).
@@ -49,19 +89,29 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
         Role::Server => (conn.peer.local, conn.peer.remote),
         Role::Client => (conn.peer.remote, conn.peer.local),
     };
-    // Origin-form targets; an absolute-form (proxy) target keeps only its path and query.
-    let target = match req.target.find("://") {
+    // Origin-form targets; an absolute-form (proxy) target keeps only its path and query. The
+    // searches run on every span: an origin-form target (the usual one) skips the substring
+    // search, and `?` is looked for byte by byte, short targets costing less that way than a
+    // searcher's set-up.
+    let absolute = if req.target.starts_with('/') {
+        None
+    } else {
+        req.target.find("://")
+    };
+    let target = match absolute {
         Some(i) => {
             let rest = &req.target[i + 3..];
             rest.find('/').map_or("/", |p| &rest[p..])
         }
         None => req.target.as_str(),
     };
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
+    let (path, query) = match target.bytes().position(|b| b == b'?') {
+        // `?` is ASCII: both sides of it are on character boundaries.
+        Some(q) => (&target[..q], Some(&target[q + 1..])),
         None => (target, None),
     };
-    let host_header = req.headers.get("host").filter(|h| !h.is_empty());
+    let fields = Fields::of(&req.headers);
+    let host_header = fields.host().filter(|h| !h.is_empty());
     let server_address = host_header
         .map(host_of)
         .filter(|h| !h.is_empty())
@@ -70,9 +120,8 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
 
     let mut a: Vec<(&'static str, Value)> = Vec::with_capacity(20);
     let s = |v: &str| Value::Str(SmolStr::new(v));
-    let is_grpc = req
-        .headers
-        .get("content-type")
+    let is_grpc = fields
+        .content_type()
         .is_some_and(|ct| ct.starts_with("application/grpc"));
     let grpc = if is_grpc { grpc_path(path) } else { None };
 
@@ -143,7 +192,7 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
                 Value::Int(i64::from(resp.status)),
             ));
         }
-        if let Some(ua) = req.headers.get("user-agent") {
+        if let Some(ua) = fields.user_agent() {
             a.push(("user_agent.original", s(ua)));
         }
         a.push(("http.request.body.size", Value::Int(req.body_len as i64)));

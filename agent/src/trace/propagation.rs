@@ -55,6 +55,27 @@ pub trait Carrier {
     /// collection: most requests carry no context, and each of the formats' names is looked up
     /// on every one of them.
     fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a;
+
+    /// Every field name, in order.
+    fn names(&self) -> impl Iterator<Item = &str>;
+}
+
+/// Whether `extract` reads a field of this name: the context's own fields and `tracestate`.
+pub fn reads_field(name: &str) -> bool {
+    names_context(name) || name.eq_ignore_ascii_case("tracestate")
+}
+
+/// Whether a field of this name can carry a context in one of the formats read: the names
+/// `extract` looks up, `X-B3-*` as a whole.
+fn names_context(name: &str) -> bool {
+    const B3_MULTI: &str = "x-b3-";
+    // Each comparison starts with the lengths, so most names are turned down by them.
+    name.eq_ignore_ascii_case("b3")
+        || name.eq_ignore_ascii_case("traceparent")
+        || (name.len() > B3_MULTI.len()
+            && name
+                .get(..B3_MULTI.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(B3_MULTI)))
 }
 
 /// Longest `tracestate` carried; the W3C recommends propagating at least 512 characters.
@@ -63,6 +84,11 @@ const MAX_TRACE_STATE: usize = 1024;
 /// Reads the trace context of a request. W3C wins over B3 single, which wins over B3 multi;
 /// a malformed W3C header does not stop a valid B3 context from being used.
 pub fn extract(carrier: &impl Carrier) -> Extracted {
+    // Most requests carry no context: one pass over the names settles it, where each format
+    // would look up its fields one by one.
+    if !carrier.names().any(names_context) {
+        return Extracted::None;
+    }
     let mut malformed = None;
     for format in [Format::TraceContext, Format::B3, Format::B3Multi] {
         let result = match format {
@@ -291,6 +317,10 @@ mod tests {
                 .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| *v)
         }
+
+        fn names(&self) -> impl Iterator<Item = &str> {
+            self.0.iter().map(|(n, _)| *n)
+        }
     }
 
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -439,6 +469,45 @@ mod tests {
             ("X-B3-Sampled", "yes"),
         ]);
         assert_eq!(extract(&bad_sampled), Extracted::Malformed(Format::B3Multi));
+    }
+
+    /// The one pass over the names that lets most requests skip the formats' look-ups: it
+    /// admits every name a format reads, whatever its case, and nothing else decides.
+    #[test]
+    fn only_context_fields_are_looked_up() {
+        for name in [
+            "traceparent",
+            "TraceParent",
+            "b3",
+            "B3",
+            "x-b3-spanid",
+            "X-B3-Flags",
+        ] {
+            assert!(names_context(name), "{name}");
+        }
+        for name in [
+            "tracestate",
+            "b",
+            "b4",
+            "x-b3-",
+            "x-b3",
+            "host",
+            "traceparents",
+            "é",
+        ] {
+            assert!(!names_context(name), "{name}");
+        }
+        let plain = H(vec![
+            ("Host", "a"),
+            ("User-Agent", "curl"),
+            ("Accept", "*/*"),
+        ]);
+        assert_eq!(extract(&plain), Extracted::None);
+        // A `tracestate` without its `traceparent` carries nothing, but is read with one.
+        assert_eq!(extract(&H(vec![("tracestate", "a=1")])), Extracted::None);
+        assert!(reads_field("TraceState") && reads_field("X-B3-Sampled") && !reads_field("host"));
+        let span_only = H(vec![("Host", "a"), ("x-b3-spanid", SPAN)]);
+        assert_eq!(extract(&span_only), Extracted::Malformed(Format::B3Multi));
     }
 
     #[test]

@@ -108,7 +108,7 @@ fn view(span: &Span) -> SpanView {
         span_id: hex::encode(span.span_id),
         parent_id: span.parent_span_id.map(hex::encode),
         name: span.name.to_string(),
-        service: span.process.service_name.clone(),
+        service: span.process.service_name.to_string(),
         kind: match span.kind {
             SpanKind::Server => "SERVER",
             SpanKind::Client => "CLIENT",

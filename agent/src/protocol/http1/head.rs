@@ -3,7 +3,7 @@
 
 use smol_str::SmolStr;
 
-use super::{any_field, headers_from, response_field};
+use super::{fingerprint, headers_from, request_field, response_field};
 use crate::{
     conn::{Stream, SyscallTime},
     protocol::http::{Headers, Request, Response, Version},
@@ -106,7 +106,8 @@ fn head_times(s: &Stream, skipped: usize, n: usize) -> (SyscallTime, SyscallTime
     (time(s.pos() + skipped as u64), time(s.pos() + n as u64 - 1))
 }
 
-pub(super) fn parse_request(s: &Stream) -> HeadResult<Request> {
+/// A request head, with the fingerprint of all its fields (it keeps only those the agent reads).
+pub(super) fn parse_request(s: &Stream) -> HeadResult<(Request, u64)> {
     let Some(head) = head_bytes(s) else {
         return HeadResult::Invalid;
     };
@@ -116,18 +117,17 @@ pub(super) fn parse_request(s: &Stream) -> HeadResult<Request> {
         Ok(httparse::Status::Complete(n)) => {
             let skipped = head.len() - trim_leading_crlf(head).len();
             let (first, last) = head_times(s, skipped, n);
-            HeadResult::Done(
-                Request {
-                    method: SmolStr::new(req.method.unwrap_or_default()),
-                    target: req.path.unwrap_or_default().to_string(),
-                    version: version(req.version),
-                    headers: headers_from(req.headers, any_field),
-                    first,
-                    last,
-                    body_len: 0,
-                },
-                n,
-            )
+            let (method, target) = (req.method.unwrap_or_default(), req.path.unwrap_or_default());
+            let request = Request {
+                method: SmolStr::new(method),
+                target: SmolStr::new(target),
+                version: version(req.version),
+                headers: headers_from(req.headers, request_field),
+                first,
+                last,
+                body_len: 0,
+            };
+            HeadResult::Done((request, fingerprint(method, target, req.headers)), n)
         }
         Ok(httparse::Status::Partial) => need_more_or_invalid(s, head.len()),
         Err(_) => HeadResult::Invalid,

@@ -23,15 +23,20 @@ use super::{
     Record, Start,
     http::{Exchange, Headers, Request, Response},
 };
-use crate::{conn::Stream, stats::Stats, trace::propagation};
+use crate::{
+    conn::Stream,
+    stats::Stats,
+    trace::{self, propagation},
+};
 
 /// Pending requests kept per connection (pipelining depth).
 const MAX_PENDING: usize = 64;
 
 /// The parsed header fields that `keep` selects, values without surrounding whitespace (RFC 9110
 /// §5.5: OWS is spaces and tabs). Values are nearly always ASCII: `from_utf8` checks that
-/// quickly, and only other bytes go through the slower lossy conversion.
-fn headers_from(parsed: &[httparse::Header<'_>], keep: fn(&str) -> bool) -> Headers {
+/// quickly, and only other bytes go through the slower lossy conversion. `keep` is generic, not
+/// a function pointer, so that its name comparisons are inlined into the loop over the fields.
+fn headers_from(parsed: &[httparse::Header<'_>], keep: impl Fn(&str) -> bool) -> Headers {
     // One pass to size the copy, the kept fields marked in a bit set: `keep` runs once per
     // field.
     const _: () = assert!(head::MAX_HEADERS <= 64, "the kept fields are a u64 bit set");
@@ -59,18 +64,45 @@ fn headers_from(parsed: &[httparse::Header<'_>], keep: fn(&str) -> bool) -> Head
     headers
 }
 
-/// Every request field: the trace context, the span's attributes and the request's fingerprint
-/// (which links the two ends of a connection) read them.
-fn any_field(_: &str) -> bool {
-    true
+/// The request fields the agent reads: its framing (RFC 9112 §6.3), what its span describes,
+/// and its trace context. The others (cookies, `Accept-*`, ...) are only hashed into the
+/// request's fingerprint, straight from the parsed head (`fingerprint`): copying them cost
+/// time per request and memory per request waiting for its response.
+fn request_field(name: &str) -> bool {
+    ["content-length", "transfer-encoding"]
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f))
+        || trace::http::reads_field(name)
+        || propagation::reads_field(name)
+}
+
+/// A stable hash of a request head (method, target and every header field in order, values
+/// without surrounding whitespace): the two ends of one connection compute the same value for
+/// the same request, which links their spans.
+fn fingerprint(method: &str, target: &str, parsed: &[httparse::Header<'_>]) -> u64 {
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    // A fixed seed: both ends of a connection are hashed by this agent, within one run.
+    let mut h = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
+    method.hash(&mut h);
+    target.hash(&mut h);
+    for field in parsed.iter().take(head::MAX_HEADERS) {
+        field.name.hash(&mut h);
+        field.value.trim_ascii().hash(&mut h);
+    }
+    h.finish()
 }
 
 /// The response fields the agent reads, its framing (RFC 9112 §6.3) and upgrade target: the rest
 /// of a response head (`Server`, `Date`, `ETag`, ...) is never looked at, so it is not copied.
+/// This runs on every field of every response: the length picks the one name to compare.
 fn response_field(name: &str) -> bool {
-    ["content-length", "transfer-encoding", "upgrade"]
-        .iter()
-        .any(|f| name.eq_ignore_ascii_case(f))
+    let wanted = match name.len() {
+        14 => "content-length",
+        17 => "transfer-encoding",
+        7 => "upgrade",
+        _ => return false,
+    };
+    name.eq_ignore_ascii_case(wanted)
 }
 
 /// A request waiting for its response.
@@ -136,9 +168,9 @@ impl Http1 {
             match self.req.phase {
                 Phase::Tunnel => s.clear(),
                 Phase::Head => match parse_request(s) {
-                    HeadResult::Done(request, consumed) => {
+                    HeadResult::Done((request, fingerprint), consumed) => {
                         s.consume(consumed as u64);
-                        self.queue_request(request, stats, out);
+                        self.queue_request(request, fingerprint, stats, out);
                     }
                     HeadResult::NeedMore => return,
                     HeadResult::Invalid => self.req.lose(s, stats),
@@ -164,7 +196,13 @@ impl Http1 {
     }
 
     /// Queues a parsed request (unless pairing is quarantined) and starts on its body.
-    fn queue_request(&mut self, request: Request, stats: &Stats, out: &mut Vec<Record>) {
+    fn queue_request(
+        &mut self,
+        request: Request,
+        fingerprint: u64,
+        stats: &Stats,
+        out: &mut Vec<Record>,
+    ) {
         let framing = request_framing(&request.headers);
         let connect = request.method.eq_ignore_ascii_case("CONNECT");
         self.req.last = request.last;
@@ -187,11 +225,7 @@ impl Http1 {
                 id,
                 first: request.first,
                 context: propagation::extract(&request.headers),
-                fingerprint: Headers::fingerprint(
-                    &request.method,
-                    &request.target,
-                    &request.headers,
-                ),
+                fingerprint,
                 thread_affine: true,
             }));
             // Most connections never pipeline: room for one.

@@ -116,7 +116,7 @@ impl Harness {
     fn pairs(&self) -> Vec<(String, u16)> {
         self.out
             .iter()
-            .map(|e| (e.request.target.clone(), e.response.status))
+            .map(|e| (e.request.target.to_string(), e.response.status))
             .collect()
     }
 }
@@ -137,10 +137,56 @@ fn only_the_response_fields_the_parser_reads_are_kept() {
     assert_eq!(headers.len(), 1, "{headers:?}");
     assert_eq!(headers.get("transfer-encoding"), Some("chunked"));
     assert_eq!(h.out[0].response.body_len, 5);
+}
+
+/// A request keeps the fields its framing, its span and its trace context read; the others
+/// count only in its fingerprint.
+#[test]
+fn only_the_request_fields_the_agent_reads_are_kept() {
+    let mut h = Harness::new();
+    let with_cookie = |cookie: &str| {
+        format!(
+            "POST /cart HTTP/1.1\r\nHost: shop\r\nCookie: {cookie}\r\nAccept: */*\r\n\
+             User-Agent: t/1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\
+             traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
+             tracestate: a=1\r\nX-B3-Sampled: 1\r\n\r\nok"
+        )
+    };
+    h.request(with_cookie("id=1").as_bytes());
+    h.request(with_cookie("id=2").as_bytes());
+    h.request(with_cookie("id=1").as_bytes());
+    let starts: Vec<&Start> = h
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Started(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts.len(), 3);
+    assert_ne!(starts[0].fingerprint, starts[1].fingerprint);
+    assert_eq!(starts[0].fingerprint, starts[2].fingerprint);
+    assert!(matches!(
+        starts[0].context,
+        propagation::Extracted::Context(_)
+    ));
+    for _ in 0..3 {
+        h.response(OK);
+    }
+    assert_eq!(h.out.len(), 3);
+    assert_eq!(h.out[0].request.body_len, 2);
+    let names: Vec<&str> = h.out[0].request.headers.iter().map(|(n, _)| n).collect();
     assert_eq!(
-        h.out[0].request.headers.len(),
-        2,
-        "requests keep every field"
+        names,
+        [
+            "Host",
+            "User-Agent",
+            "Content-Type",
+            "Content-Length",
+            "traceparent",
+            "tracestate",
+            "X-B3-Sampled"
+        ]
     );
 }
 
@@ -164,13 +210,13 @@ fn simple_exchange_with_timing() {
 fn header_values_are_trimmed_and_invalid_utf8_replaced() {
     let mut h = Harness::new();
     h.request(
-        b"GET / HTTP/1.1\r\nHost: a \t\r\nX-Name: caf\xe9 \xff\r\nX-Ok: \xc3\xa9t\xc3\xa9\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a \t\r\nUser-Agent: caf\xe9 \xff\r\nContent-Type: \xc3\xa9t\xc3\xa9\r\n\r\n",
     );
     h.response(b"HTTP/1.1 204 No Content\r\n\r\n");
     let headers = &h.out[0].request.headers;
     assert_eq!(headers.get("host"), Some("a"));
-    assert_eq!(headers.get("x-name"), Some("caf\u{fffd} \u{fffd}"));
-    assert_eq!(headers.get("x-ok"), Some("\u{e9}t\u{e9}"));
+    assert_eq!(headers.get("user-agent"), Some("caf\u{fffd} \u{fffd}"));
+    assert_eq!(headers.get("content-type"), Some("\u{e9}t\u{e9}"));
 }
 
 #[test]

@@ -376,7 +376,7 @@ impl Http2 {
         };
         let request = Request {
             method: method.into(),
-            target,
+            target: target.into(),
             version: Version::Http2,
             headers,
             first: block.first,

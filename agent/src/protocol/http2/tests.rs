@@ -145,7 +145,7 @@ fn multiplexed_streams_answered_out_of_order() {
     let got: Vec<_> = h
         .exchanges()
         .iter()
-        .map(|(_, e)| (e.request.target.clone(), e.response.status))
+        .map(|(_, e)| (e.request.target.to_string(), e.response.status))
         .collect();
     assert_eq!(
         got,
