@@ -1,0 +1,105 @@
+//! What a parsed head keeps and reports: the fields the agent reads (and only those), their
+//! values, and the trace context and fingerprint of each started request.
+
+use super::*;
+
+#[test]
+fn only_the_response_fields_the_parser_reads_are_kept() {
+    let mut h = Harness::new();
+    h.request(GET);
+    h.response(
+        b"HTTP/1.1 200 OK\r\nServer: x\r\nDate: today\r\nTransfer-Encoding: chunked\r\n\
+          ETag: \"1\"\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(h.out.len(), 1);
+    let headers = &h.out[0].response.headers;
+    assert_eq!(headers.len(), 1, "{headers:?}");
+    assert_eq!(headers.get("transfer-encoding"), Some("chunked"));
+    assert_eq!(h.out[0].response.body_len, 5);
+}
+
+/// A request keeps the fields its framing, its span and its trace context read; the others
+/// count only in its fingerprint.
+#[test]
+fn only_the_request_fields_the_agent_reads_are_kept() {
+    let mut h = Harness::new();
+    let with_cookie = |cookie: &str| {
+        format!(
+            "POST /cart HTTP/1.1\r\nHost: shop\r\nCookie: {cookie}\r\nAccept: */*\r\n\
+             User-Agent: t/1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\
+             traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
+             tracestate: a=1\r\nX-B3-Sampled: 1\r\n\r\nok"
+        )
+    };
+    h.request(with_cookie("id=1").as_bytes());
+    h.request(with_cookie("id=2").as_bytes());
+    h.request(with_cookie("id=1").as_bytes());
+    let starts = h.starts();
+    assert_eq!(starts.len(), 3);
+    assert_ne!(starts[0].fingerprint, starts[1].fingerprint);
+    assert_eq!(starts[0].fingerprint, starts[2].fingerprint);
+    assert!(matches!(
+        starts[0].context,
+        propagation::Extracted::Context(_)
+    ));
+    for _ in 0..3 {
+        h.response(OK);
+    }
+    assert_eq!(h.out.len(), 3);
+    assert_eq!(h.out[0].request.body_len, 2);
+    let names: Vec<&str> = h.out[0].request.headers.iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        [
+            "Host",
+            "User-Agent",
+            "Content-Type",
+            "Content-Length",
+            "traceparent",
+            "tracestate",
+            "X-B3-Sampled"
+        ]
+    );
+}
+
+#[test]
+fn header_values_are_trimmed_and_invalid_utf8_replaced() {
+    let mut h = Harness::new();
+    h.request(
+        b"GET / HTTP/1.1\r\nHost: a \t\r\nUser-Agent: caf\xe9 \xff\r\nContent-Type: \xc3\xa9t\xc3\xa9\r\n\r\n",
+    );
+    h.response(b"HTTP/1.1 204 No Content\r\n\r\n");
+    let headers = &h.out[0].request.headers;
+    assert_eq!(headers.get("host"), Some("a"));
+    assert_eq!(headers.get("user-agent"), Some("caf\u{fffd} \u{fffd}"));
+    assert_eq!(headers.get("content-type"), Some("\u{e9}t\u{e9}"));
+}
+
+#[test]
+fn started_records_carry_context_and_fingerprint() {
+    let mut h = Harness::new();
+    let traced = b"GET /t HTTP/1.1\r\nHost: h\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+    h.request(traced);
+    h.request(GET);
+    h.request(GET);
+    let starts = h.starts();
+    assert_eq!(starts.len(), 3);
+    assert!(matches!(
+        starts[0].context,
+        propagation::Extracted::Context(_)
+    ));
+    assert_eq!(starts[1].context, propagation::Extracted::None);
+    assert_eq!(starts[0].first, t(1));
+    // The same head gives the same fingerprint; another head another one.
+    assert_eq!(starts[1].fingerprint, starts[2].fingerprint);
+    assert_ne!(starts[0].fingerprint, starts[1].fingerprint);
+    h.close();
+    h.check_record_lifecycle();
+    assert_eq!(
+        h.records
+            .iter()
+            .filter(|r| matches!(r, Record::Abandoned { .. }))
+            .count(),
+        3
+    );
+}
