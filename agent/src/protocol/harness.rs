@@ -176,3 +176,14 @@ impl<P: Feed> Harness<P> {
         assert!(state.values().all(|v| *v == 2), "{:#?}", self.out);
     }
 }
+
+/// The fuzz tests' deterministic pseudo-random numbers (xorshift64): `rng(seed)(n)` is below
+/// `n`, the same sequence on every run so that a failure replays.
+pub fn rng(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n.max(1)
+    }
+}

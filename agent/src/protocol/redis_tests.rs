@@ -2,7 +2,7 @@
 //! pushes, subscriptions, large values in gaps, and random input.
 
 use super::*;
-use crate::protocol::harness::Harness;
+use crate::protocol::harness::{self, Harness};
 
 fn cmd(parts: &[&str]) -> Vec<u8> {
     let mut v = format!("*{}\r\n", parts.len()).into_bytes();
@@ -128,13 +128,7 @@ fn detection() {
 
 #[test]
 fn fuzz_no_panic_no_mispairing() {
-    let mut seed = 0xfeed_f00d_u64;
-    let mut rnd = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n.max(1)
-    };
+    let mut rnd = harness::rng(0xfeed_f00d);
     for round in 0..400 {
         let mut h = H::new(Redis::new());
         let n = 1 + rnd(8);

@@ -3,7 +3,10 @@
 //! first seen mid-stream, the h2c upgrade, capture gaps, and random splits.
 
 use super::*;
-use crate::protocol::{Record, harness::Harness};
+use crate::protocol::{
+    Record,
+    harness::{self, Harness},
+};
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let mut v = (payload.len() as u32).to_be_bytes()[1..].to_vec();
@@ -339,13 +342,7 @@ fn detection_helpers() {
 
 #[test]
 fn random_splits_and_garbage() {
-    let mut seed = 0xabcd_ef01_u64;
-    let mut rnd = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n.max(1)
-    };
+    let mut rnd = harness::rng(0xabcd_ef01);
     for round in 0..200 {
         let (mut c, mut s) = (Peer::new(), Peer::new());
         let mut client = PREFACE.to_vec();

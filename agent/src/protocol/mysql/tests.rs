@@ -2,7 +2,7 @@
 //! without EOF packets), prepared statements, errors, INIT_DB, TLS, gaps and random input.
 
 use super::*;
-use crate::protocol::harness::Harness;
+use crate::protocol::harness::{self, Harness};
 
 fn pkt(seq: u8, payload: &[u8]) -> Vec<u8> {
     let mut v = (payload.len() as u32).to_le_bytes()[..3].to_vec();
@@ -202,13 +202,7 @@ fn detection() {
 
 #[test]
 fn fuzz_no_panic_no_mispairing() {
-    let mut seed = 0x5eed_f0a1_u64;
-    let mut rnd = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n.max(1)
-    };
+    let mut rnd = harness::rng(0x5eed_f0a1);
     for round in 0..300 {
         let mut h = connected("8.0.36");
         let mut client = Vec::new();

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::protocol::db::System;
-use crate::protocol::harness::Harness;
+use crate::protocol::harness::{self, Harness};
 
 fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![kind];
@@ -286,13 +286,7 @@ fn detection() {
 /// given to the wrong query (each query's outcome is known from its text).
 #[test]
 fn fuzz_no_panic_no_mispairing() {
-    let mut seed = 0x0bad_5eed_1234_5678u64;
-    let mut rnd = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n.max(1)
-    };
+    let mut rnd = harness::rng(0x0bad_5eed_1234_5678);
     for round in 0..400 {
         let mut h = H::new(Postgres::new(round % 2 == 0));
         let mut client = if round % 2 == 0 {

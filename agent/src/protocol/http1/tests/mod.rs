@@ -5,7 +5,7 @@
 use super::*;
 use crate::{
     conn::SyscallTime,
-    protocol::{Exchange as AnyExchange, http::Version},
+    protocol::{Exchange as AnyExchange, harness, http::Version},
 };
 
 fn t(n: u64) -> SyscallTime {
@@ -397,13 +397,7 @@ fn looks_like_classifies() {
 /// produces must pair request i with response i.
 #[test]
 fn fuzz_random_splits_and_garbage() {
-    let mut seed = 0x1234_5678_9abc_def0u64;
-    let mut rnd = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n.max(1)
-    };
+    let mut rnd = harness::rng(0x1234_5678_9abc_def0);
     for round in 0..300 {
         let mut h = Harness::new();
         let mut reqs = Vec::new();
