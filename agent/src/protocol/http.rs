@@ -59,20 +59,25 @@ impl Headers {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
     }
+}
 
-    /// A stable hash of a request head's fields (method, target, header fields in order): the
-    /// two ends of one connection compute the same value for the same request.
-    pub fn fingerprint(method: &str, target: &str, headers: &Headers) -> u64 {
-        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
-        // A fixed seed: both ends of a connection are hashed by this agent, within one run.
-        let mut h = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
-        method.hash(&mut h);
-        target.hash(&mut h);
-        for field in headers.iter() {
-            field.hash(&mut h);
-        }
-        h.finish()
+/// A stable hash of a request head (method, target, header fields in order): the two ends of one
+/// connection compute the same value for the same request, which links their spans. The fields
+/// are bytes, so that HTTP/1 hashes its parsed head without copying it into `Headers`.
+pub fn fingerprint<'a>(
+    method: &str,
+    target: &str,
+    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> u64 {
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    // A fixed seed: both ends of a connection are hashed by this agent, within one run.
+    let mut h = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
+    method.hash(&mut h);
+    target.hash(&mut h);
+    for field in fields {
+        field.hash(&mut h);
     }
+    h.finish()
 }
 
 impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for Headers {

@@ -3,10 +3,10 @@
 
 use smol_str::SmolStr;
 
-use super::{fingerprint, headers_from, request_field, response_field};
+use super::{headers_from, request_field, response_field};
 use crate::{
     conn::{Stream, SyscallTime},
-    protocol::http::{Headers, Request, Response, Version},
+    protocol::http::{self, Headers, Request, Response, Version},
 };
 
 fn version(minor: Option<u8>) -> Version {
@@ -127,7 +127,11 @@ pub(super) fn parse_request(s: &Stream) -> HeadResult<(Request, u64)> {
                 last,
                 body_len: 0,
             };
-            HeadResult::Done((request, fingerprint(method, target, req.headers)), n)
+            // Every field counts, values without surrounding whitespace, hashed from the
+            // parser's slices: most are never copied.
+            let fields = req.headers.iter().take(MAX_HEADERS);
+            let fields = fields.map(|f| (f.name.as_bytes(), f.value.trim_ascii()));
+            HeadResult::Done((request, http::fingerprint(method, target, fields)), n)
         }
         Ok(httparse::Status::Partial) => need_more_or_invalid(s, head.len()),
         Err(_) => HeadResult::Invalid,

@@ -66,30 +66,14 @@ fn headers_from(parsed: &[httparse::Header<'_>], keep: impl Fn(&str) -> bool) ->
 
 /// The request fields the agent reads: its framing (RFC 9112 §6.3), what its span describes,
 /// and its trace context. The others (cookies, `Accept-*`, ...) are only hashed into the
-/// request's fingerprint, straight from the parsed head (`fingerprint`): copying them cost
-/// time per request and memory per request waiting for its response.
+/// request's fingerprint, straight from the parsed head (`head::parse_request`): copying them
+/// cost time per request and memory per request waiting for its response.
 fn request_field(name: &str) -> bool {
     ["content-length", "transfer-encoding"]
         .iter()
         .any(|f| name.eq_ignore_ascii_case(f))
         || trace::http::reads_field(name)
         || propagation::reads_field(name)
-}
-
-/// A stable hash of a request head (method, target and every header field in order, values
-/// without surrounding whitespace): the two ends of one connection compute the same value for
-/// the same request, which links their spans.
-fn fingerprint(method: &str, target: &str, parsed: &[httparse::Header<'_>]) -> u64 {
-    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
-    // A fixed seed: both ends of a connection are hashed by this agent, within one run.
-    let mut h = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
-    method.hash(&mut h);
-    target.hash(&mut h);
-    for field in parsed.iter().take(head::MAX_HEADERS) {
-        field.name.hash(&mut h);
-        field.value.trim_ascii().hash(&mut h);
-    }
-    h.finish()
 }
 
 /// The response fields the agent reads, its framing (RFC 9112 §6.3) and upgrade target: the rest

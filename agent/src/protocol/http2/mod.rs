@@ -388,7 +388,14 @@ impl Http2 {
             id,
             first: request.first,
             context: propagation::extract(&request.headers),
-            fingerprint: Headers::fingerprint(&request.method, &request.target, &request.headers),
+            fingerprint: http::fingerprint(
+                &request.method,
+                &request.target,
+                request
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+            ),
             // Streams of one connection are read by whichever thread runs its I/O.
             thread_affine: false,
         }));
