@@ -1,7 +1,5 @@
 //! Kernel timestamps (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) to wall-clock time for spans.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 fn now_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -26,33 +24,26 @@ pub fn wall_offset_ns() -> u64 {
     real.saturating_sub(mono)
 }
 
-/// Converts a monotonic kernel timestamp to wall-clock time with a given offset.
-pub fn to_wall_with(mono_ns: u64, offset_ns: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(mono_ns.saturating_add(offset_ns))
-}
-
-/// Converts a monotonic kernel timestamp to wall-clock time.
-pub fn to_wall(mono_ns: u64) -> SystemTime {
-    to_wall_with(mono_ns, wall_offset_ns())
-}
-
-/// Nanoseconds since the Unix epoch.
-pub fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+/// Converts a monotonic kernel timestamp to wall-clock nanoseconds since the Unix epoch, with
+/// an offset from `wall_offset_ns`.
+pub fn to_unix_ns(mono_ns: u64, offset_ns: u64) -> u64 {
+    mono_ns.saturating_add(offset_ns)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
     use super::*;
 
     #[test]
     fn monotonic_now_maps_to_wall_now() {
-        let wall = to_wall(monotonic_ns());
-        let diff = SystemTime::now()
-            .duration_since(wall)
-            .unwrap_or_else(|e| e.duration());
-        assert!(diff < Duration::from_millis(50), "{diff:?}");
+        let wall = to_unix_ns(monotonic_ns(), wall_offset_ns());
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let diff = (now.as_nanos() as u64).abs_diff(wall);
+        assert!(
+            diff < Duration::from_millis(50).as_nanos() as u64,
+            "{diff} ns"
+        );
     }
 }

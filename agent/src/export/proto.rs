@@ -9,8 +9,6 @@
 //! Field numbers are those of `opentelemetry/proto/{collector/trace,trace,resource,common}/v1`;
 //! the tests decode the output with the generated types of `opentelemetry-proto`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::trace::{Span, SpanKind, Status, Value};
 
 /// Protobuf wire types.
@@ -153,11 +151,6 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64)
-}
-
 /// The body of a `Resource` message with these attributes.
 pub fn resource<'a>(attributes: impl IntoIterator<Item = (&'a str, AnyValue<'a>)>) -> Vec<u8> {
     let mut w = Writer::default();
@@ -184,8 +177,8 @@ pub fn span(w: &mut Writer, field: u32, s: &Span) {
                 SpanKind::Client => 3,
             },
         );
-        w.fixed64(7, unix_nanos(s.start));
-        w.fixed64(8, unix_nanos(s.end));
+        w.fixed64(7, s.start_ns);
+        w.fixed64(8, s.end_ns);
         for (k, v) in &s.attributes {
             let v = match v {
                 Value::Str(x) => AnyValue::Str(x),

@@ -1,13 +1,12 @@
 //! Spans on the terminal: one readable line each, or one JSON object per line (`--format json`).
 
-use std::{io::Write, sync::Arc, time::SystemTime};
+use std::{io::Write, sync::Arc};
 
 use anyhow::Result;
 use serde_json::{Map, json};
 use tokio::sync::mpsc;
 
 use crate::{
-    clock,
     stats::Stats,
     trace::{Span, Status, Value},
 };
@@ -19,8 +18,8 @@ pub enum Format {
     Json,
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    let nanos = clock::unix_nanos(t);
+/// A time in nanoseconds since the Unix epoch, to the millisecond.
+fn rfc3339(nanos: u64) -> String {
     let secs = (nanos / 1_000_000_000) as i64;
     let millis = (nanos / 1_000_000) % 1000;
     let days = secs.div_euclid(86_400);
@@ -44,10 +43,7 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 fn duration_ms(s: &Span) -> f64 {
-    s.end
-        .duration_since(s.start)
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or(0.0)
+    s.duration_ns() as f64 / 1e6
 }
 
 fn int_attr(s: &Span, key: &str) -> Option<i64> {
@@ -90,7 +86,7 @@ pub fn text_line(s: &Span) -> String {
     };
     format!(
         "{}  {:<16} {:<6} {}  {}{}  {:.3}ms  peer={}  trace={} span={} parent={}",
-        rfc3339(s.start),
+        rfc3339(s.start_ns),
         s.process.service_name,
         s.kind.as_str(),
         what,
@@ -122,15 +118,15 @@ pub fn json_line(s: &Span) -> String {
         );
     }
     json!({
-        "time": rfc3339(s.start),
+        "time": rfc3339(s.start_ns),
         "trace_id": hex::encode(s.trace_id),
         "span_id": hex::encode(s.span_id),
         "parent_span_id": s.parent_span_id.map(hex::encode),
         "trace_state": (!s.trace_state.is_empty()).then(|| s.trace_state.to_string()),
         "kind": s.kind.as_str(),
         "name": s.name.as_str(),
-        "start_time_unix_nano": clock::unix_nanos(s.start),
-        "end_time_unix_nano": clock::unix_nanos(s.end),
+        "start_time_unix_nano": s.start_ns,
+        "end_time_unix_nano": s.end_ns,
         "duration_ms": duration_ms(s),
         "status": if s.status == Status::Error { "ERROR" } else { "UNSET" },
         "service.name": s.process.service_name.as_str(),
@@ -166,8 +162,8 @@ mod tests {
 
     #[test]
     fn formats_dates() {
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123);
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        let t = 1_795_000_000_123 * 1_000_000;
         assert_eq!(rfc3339(t), "2026-11-18T11:06:40.123Z");
     }
 }

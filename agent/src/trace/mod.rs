@@ -139,8 +139,8 @@ pub fn make_span(
         link: placement.link,
         kind,
         name: d.name,
-        start: clock::to_wall_with(start_ns, offset),
-        end: clock::to_wall_with(end_ns, offset),
+        start_ns: clock::to_unix_ns(start_ns, offset),
+        end_ns: clock::to_unix_ns(end_ns, offset),
         attributes: d.attributes,
         status: if d.error {
             Status::Error

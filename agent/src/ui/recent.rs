@@ -4,7 +4,6 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::Mutex,
-    time::UNIX_EPOCH,
 };
 
 use serde::Serialize;
@@ -97,13 +96,8 @@ pub struct Recent {
     inner: Mutex<Inner>,
 }
 
-fn micros(t: std::time::SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 fn view(span: &Span) -> SpanView {
-    let start_us = micros(span.start);
+    let start_us = span.start_ns / 1000;
     SpanView {
         span_id: hex::encode(span.span_id),
         parent_id: span.parent_span_id.map(hex::encode),
@@ -114,7 +108,7 @@ fn view(span: &Span) -> SpanView {
             SpanKind::Client => "CLIENT",
         },
         start_us,
-        duration_us: micros(span.end).saturating_sub(start_us),
+        duration_us: (span.end_ns / 1000).saturating_sub(start_us),
         error: span.status == Status::Error,
         attributes: SHOWN
             .iter()
@@ -237,7 +231,7 @@ mod tests {
         let (front, back) = (process(1, "front"), process(2, "back"));
         // Trace 1: a SERVER span with one CLIENT child and its peer SERVER; trace 2 fails.
         let mut root = server(&front, 1, "/a", 200);
-        root.end += std::time::Duration::from_millis(50);
+        root.end_ns += 50_000_000;
         let mut call = client(&front, 2, "127.0.0.1", 8002);
         call.parent_span_id = Some(root.span_id);
         let peer = under(server(&back, 3, "/b", 200), &call);
