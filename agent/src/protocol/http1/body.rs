@@ -1,10 +1,7 @@
 //! Message bodies: framing rules (RFC 9112 §6.3) and the per-direction state that reads a body
 //! by count, through chunked coding and through gaps.
 
-use super::{
-    Headers, Response,
-    head::{Looks, MAX_HEAD, looks_like},
-};
+use super::head::{Framed, Looks, MAX_HEAD, looks_like};
 use crate::{
     conn::{Stream, SyscallTime},
     stats::Stats,
@@ -247,44 +244,47 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
-fn is_chunked(headers: &Headers) -> bool {
-    headers.iter().any(|(n, v)| {
-        n.eq_ignore_ascii_case("transfer-encoding")
-            && v.rsplit(',')
-                .next()
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
-    })
+/// Whether a `Transfer-Encoding` value ends in the `chunked` coding.
+pub(super) fn chunked_coding(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
-fn content_length(headers: &Headers) -> Option<u64> {
-    headers.get("content-length")?.trim().parse().ok()
+/// A `Content-Length` value, when it is a number.
+pub(super) fn length_value(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 /// RFC 9112 §6.3 for requests: chunked, else Content-Length, else no body.
-pub(super) fn request_framing(headers: &Headers) -> Framing {
-    if is_chunked(headers) {
+pub(super) fn request_framing(fields: &Framed) -> Framing {
+    if fields.chunked {
         Framing::Chunked
     } else {
-        content_length(headers).map_or(Framing::Empty, Framing::Length)
+        fields
+            .content_length
+            .map_or(Framing::Empty, Framing::Length)
     }
 }
 
 /// RFC 9112 §6.3 for responses, which depend on the request method.
-pub(super) fn response_framing(method: &str, r: &Response) -> Framing {
-    if r.status == 101 || (method.eq_ignore_ascii_case("CONNECT") && (200..300).contains(&r.status))
-    {
+pub(super) fn response_framing(method: &str, status: u16, fields: &Framed) -> Framing {
+    if status == 101 || (method.eq_ignore_ascii_case("CONNECT") && (200..300).contains(&status)) {
         return Framing::Tunnel;
     }
     if method.eq_ignore_ascii_case("HEAD")
-        || (100..200).contains(&r.status)
-        || r.status == 204
-        || r.status == 304
+        || (100..200).contains(&status)
+        || status == 204
+        || status == 304
     {
         return Framing::Empty;
     }
-    if is_chunked(&r.headers) {
+    if fields.chunked {
         Framing::Chunked
     } else {
-        content_length(&r.headers).map_or(Framing::UntilClose, Framing::Length)
+        fields
+            .content_length
+            .map_or(Framing::UntilClose, Framing::Length)
     }
 }

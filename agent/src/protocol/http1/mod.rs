@@ -16,7 +16,7 @@ mod body;
 mod head;
 
 use body::{BodyProgress, Framing, Phase, Side, request_framing, response_framing};
-use head::{HeadResult, parse_request, parse_response};
+use head::{Framed, HeadResult, parse_request, parse_response};
 pub use head::{Looks, looks_like};
 
 use super::{
@@ -64,29 +64,12 @@ fn headers_from(parsed: &[httparse::Header<'_>], keep: impl Fn(&str) -> bool) ->
     headers
 }
 
-/// The request fields the agent reads: its framing (RFC 9112 §6.3), what its span describes,
-/// and its trace context. The others (cookies, `Accept-*`, ...) are only hashed into the
-/// request's fingerprint, straight from the parsed head (`head::parse_request`): copying them
-/// cost time per request and memory per request waiting for its response.
+/// The request fields the agent keeps: what its span describes, and its trace context (its
+/// framing is read in passing, `head::Framed`). The others (cookies, `Accept-*`, ...) are only
+/// hashed into the request's fingerprint, straight from the parsed head (`head::parse_request`):
+/// copying them cost time per request and memory per request waiting for its response.
 fn request_field(name: &str) -> bool {
-    ["content-length", "transfer-encoding"]
-        .iter()
-        .any(|f| name.eq_ignore_ascii_case(f))
-        || trace::http::reads_field(name)
-        || propagation::reads_field(name)
-}
-
-/// The response fields the agent reads, its framing (RFC 9112 §6.3) and upgrade target: the rest
-/// of a response head (`Server`, `Date`, `ETag`, ...) is never looked at, so it is not copied.
-/// This runs on every field of every response: the length picks the one name to compare.
-fn response_field(name: &str) -> bool {
-    let wanted = match name.len() {
-        14 => "content-length",
-        17 => "transfer-encoding",
-        7 => "upgrade",
-        _ => return false,
-    };
-    name.eq_ignore_ascii_case(wanted)
+    trace::http::reads_field(name) || propagation::reads_field(name)
 }
 
 /// A request waiting for its response.
@@ -152,9 +135,10 @@ impl Http1 {
             match self.req.phase {
                 Phase::Tunnel => s.clear(),
                 Phase::Head => match parse_request(s) {
-                    HeadResult::Done((request, fingerprint), consumed) => {
+                    HeadResult::Done((request, fingerprint, fields), consumed) => {
                         s.consume(consumed as u64);
-                        self.queue_request(request, fingerprint, stats, out);
+                        let framing = request_framing(&fields);
+                        self.queue_request(request, fingerprint, framing, stats, out);
                     }
                     HeadResult::NeedMore => return,
                     HeadResult::Invalid => self.req.lose(s, stats),
@@ -184,10 +168,10 @@ impl Http1 {
         &mut self,
         request: Request,
         fingerprint: u64,
+        framing: Framing,
         stats: &Stats,
         out: &mut Vec<Record>,
     ) {
-        let framing = request_framing(&request.headers);
         let connect = request.method.eq_ignore_ascii_case("CONNECT");
         self.req.last = request.last;
         let id = self.next_id;
@@ -231,9 +215,9 @@ impl Http1 {
             match self.resp.phase {
                 Phase::Tunnel => s.clear(),
                 Phase::Head => match parse_response(s) {
-                    HeadResult::Done(response, consumed) => {
+                    HeadResult::Done((response, fields), consumed) => {
                         s.consume(consumed as u64);
-                        self.start_response(response, stats, out);
+                        self.start_response(response, fields, stats, out);
                     }
                     HeadResult::NeedMore => return,
                     HeadResult::Invalid => self.resp.lose(s, stats),
@@ -273,7 +257,13 @@ impl Http1 {
     }
 
     /// A response head was parsed: pair it, or skip it when nothing can be paired with it.
-    fn start_response(&mut self, response: Response, stats: &Stats, out: &mut Vec<Record>) {
+    fn start_response(
+        &mut self,
+        response: Response,
+        fields: Framed,
+        stats: &Stats,
+        out: &mut Vec<Record>,
+    ) {
         self.resp.last = response.last;
         let front = if self.quarantine {
             None
@@ -283,7 +273,8 @@ impl Http1 {
         let Some(front) = front else {
             stats.inc(&stats.responses_unpaired);
             // Skip its body all the same, to stay in step.
-            self.resp.start_body(response_framing("GET", &response));
+            self.resp
+                .start_body(response_framing("GET", response.status, &fields));
             self.resp_current = None;
             return;
         };
@@ -292,16 +283,11 @@ impl Http1 {
             // waiting for its final answer.
             return;
         }
-        let framing = response_framing(&front.request.method, &response);
+        let framing = response_framing(&front.request.method, response.status, &fields);
+        let to_h2c = response.status == 101 && fields.h2c;
         self.resp_current = Some(response);
         self.resp.start_body(framing);
         if framing == Framing::Tunnel {
-            let to_h2c = self.resp_current.as_ref().is_some_and(|r| {
-                r.status == 101
-                    && r.headers
-                        .get("upgrade")
-                        .is_some_and(|u| u.trim().eq_ignore_ascii_case("h2c"))
-            });
             if to_h2c && let Some(p) = self.pending.pop_front() {
                 self.resp_current = None;
                 self.req_current = None;

@@ -1,21 +1,46 @@
-//! What a parsed head keeps and reports: the fields the agent reads (and only those), their
-//! values, and the trace context and fingerprint of each started request.
+//! What a parsed head keeps and reports: the request fields the agent reads (and only those),
+//! their values, the trace context and fingerprint of each started request, and what a response
+//! head's fields say about its framing (it keeps none of them).
 
 use super::*;
 
 #[test]
-fn only_the_response_fields_the_parser_reads_are_kept() {
+fn a_response_keeps_no_fields_and_is_framed_by_them() {
     let mut h = Harness::new();
     h.request(GET);
     h.response(
-        b"HTTP/1.1 200 OK\r\nServer: x\r\nDate: today\r\nTransfer-Encoding: chunked\r\n\
+        b"HTTP/1.1 200 OK\r\nServer: x\r\nDate: today\r\nTransfer-Encoding: gzip, chunked\r\n\
           ETag: \"1\"\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     );
     assert_eq!(h.out.len(), 1);
     let headers = &h.out[0].response.headers;
-    assert_eq!(headers.len(), 1, "{headers:?}");
-    assert_eq!(headers.get("transfer-encoding"), Some("chunked"));
+    assert!(headers.is_empty(), "{headers:?}");
     assert_eq!(h.out[0].response.body_len, 5);
+}
+
+#[test]
+fn a_response_is_framed_by_its_first_length_and_upgrade_and_its_last_coding() {
+    let fields = |head: &[u8]| {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut headers);
+        assert!(r.parse(head).is_ok_and(|s| s.is_complete()));
+        head::Framed::of(r.headers)
+    };
+    let f = fields(b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 12 \r\nContent-Length: 7\r\n\r\n");
+    assert_eq!(f.content_length, Some(12));
+    assert!(!f.chunked && !f.h2c);
+    // A first length that is not a number leaves the body delimited by close, as before.
+    let f = fields(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\nContent-Length: 7\r\n\r\n");
+    assert_eq!(f.content_length, None);
+    let f = fields(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n");
+    assert!(!f.chunked, "chunked must be the last coding");
+    let f =
+        fields(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: Chunked\r\n\r\n");
+    assert!(f.chunked);
+    let f = fields(b"HTTP/1.1 101 Switching\r\nUpgrade:  H2C \r\nUpgrade: websocket\r\n\r\n");
+    assert!(f.h2c);
+    let f = fields(b"HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n");
+    assert!(!f.h2c, "the first Upgrade decides");
 }
 
 /// A request keeps the fields its framing, its span and its trace context read; the others
@@ -54,7 +79,6 @@ fn only_the_request_fields_the_agent_reads_are_kept() {
             "Host",
             "User-Agent",
             "Content-Type",
-            "Content-Length",
             "traceparent",
             "tracestate",
             "X-B3-Sampled"
