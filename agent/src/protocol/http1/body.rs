@@ -259,12 +259,16 @@ pub(super) fn length_value(value: &[u8]) -> Option<u64> {
 
 /// RFC 9112 §6.3 for requests: chunked, else Content-Length, else no body.
 pub(super) fn request_framing(fields: &Framed) -> Framing {
+    by_fields(fields, Framing::Empty)
+}
+
+/// Chunked, else `Content-Length`, else `otherwise`: the last steps of RFC 9112 §6.3 for both
+/// sides.
+fn by_fields(fields: &Framed, otherwise: Framing) -> Framing {
     if fields.chunked {
         Framing::Chunked
     } else {
-        fields
-            .content_length
-            .map_or(Framing::Empty, Framing::Length)
+        fields.content_length.map_or(otherwise, Framing::Length)
     }
 }
 
@@ -280,11 +284,5 @@ pub(super) fn response_framing(method: &str, status: u16, fields: &Framed) -> Fr
     {
         return Framing::Empty;
     }
-    if fields.chunked {
-        Framing::Chunked
-    } else {
-        fields
-            .content_length
-            .map_or(Framing::UntilClose, Framing::Length)
-    }
+    by_fields(fields, Framing::UntilClose)
 }
