@@ -177,6 +177,15 @@ impl<P: Feed> Harness<P> {
     }
 }
 
+/// The number a fuzz test's request target ends in (`/r-7` is request 7), which the matching
+/// response's status repeats (`200 + 7`): a response paired with the wrong request shows.
+pub fn target_index(target: &str) -> u32 {
+    let digits = target.rsplit('-').next().unwrap_or_default();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("target {target:?} does not end in -<number>"))
+}
+
 /// The fuzz tests' deterministic pseudo-random numbers (xorshift64): `rng(seed)(n)` is below
 /// `n`, the same sequence on every run so that a failure replays.
 pub fn rng(mut seed: u64) -> impl FnMut(u64) -> u64 {

@@ -384,14 +384,7 @@ fn random_splits_and_garbage() {
         h.check_lifecycle();
         if round % 4 != 0 {
             for (_, e) in h.exchanges() {
-                let i: u32 = e
-                    .request
-                    .target
-                    .rsplit('-')
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+                let i = harness::target_index(&e.request.target);
                 assert!(
                     e.response.status == 0 || e.response.status as u32 == 200 + i,
                     "round {round}: {} got {}",
