@@ -20,6 +20,25 @@ pub const MAX_IOV: usize = 256;
 /// ring once, a little later than this after each drain, to pick up the last of them.
 pub const WAKEUP_EVERY_NS: u64 = 50_000_000;
 
+/// The kernel also wakes the ring buffer's reader once this many bytes are queued (at most one
+/// such wake-up per millisecond), or an eighth of a smaller ring (`Settings::wakeup_bytes`).
+/// The reader pays a cold start per wake-up (its code and tables evicted by the traced
+/// application, the kernel and the other processes on its CPU): at 64 KiB, nginx at saturation
+/// woke it every ~6 ms for ~130 requests; at 512 KiB every ~45 ms for ~1000, and its CPU per
+/// request fell ~12% (docs/BENCHMARKS.md). An eighth of the default ring's smallest size
+/// (4 MiB), so the rest is headroom for a reader that falls behind.
+pub const WAKEUP_BYTES: u32 = 512 * 1024;
+
+/// The queued bytes at which the kernel wakes the reader of a ring of `ring_bytes`.
+pub const fn wakeup_bytes(ring_bytes: u32) -> u32 {
+    let eighth = ring_bytes / 8;
+    if eighth < WAKEUP_BYTES {
+        eighth
+    } else {
+        WAKEUP_BYTES
+    }
+}
+
 /// `EventHeader::kind`: bytes moved through a socket.
 pub const EVENT_DATA: u32 = 1;
 /// `EventHeader::kind`: the process closed a socket it had used.
@@ -314,7 +333,8 @@ pub struct Settings {
     pub capture_bytes: u32,
     /// `select::*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// Queued bytes at which the kernel wakes the ring buffer's reader ([`wakeup_bytes`]).
+    pub wakeup_bytes: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 64);
@@ -324,6 +344,7 @@ const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
 const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 40);
 const _: () = assert!(MAX_PAYLOAD.is_power_of_two());
+const _: () = assert!(wakeup_bytes(4 << 20) == WAKEUP_BYTES && wakeup_bytes(1 << 20) == 128 << 10);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -45,7 +45,7 @@ pub static SETTINGS: Global<Settings> = Global::new(Settings {
     agent_tgid: 0,
     capture_bytes: 0,
     flags: 0,
-    _pad: 0,
+    wakeup_bytes: 0,
 });
 
 /// Processes to trace: one byte per tgid (0 untraced, else why: 1 selected by userspace, 2
@@ -147,8 +147,8 @@ pub const FORCE_WAKEUP: u64 = 2;
 #[map]
 pub static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 
-/// `bpf_ringbuf_output` flags for a record sent at `now`: wake the reader once `WAKEUP_BYTES`
-/// are queued, or when it was last woken `WAKEUP_EVERY_NS` ago or more. A wake-up per record
+/// `bpf_ringbuf_output` flags for a record sent at `now`: wake the reader once
+/// `Settings::wakeup_bytes` are queued, or when it was last woken `WAKEUP_EVERY_NS` ago or more. A wake-up per record
 /// costs the reader a context switch per syscall traced; a timer in the reader instead would
 /// wake it when nothing happens. So: the first record after a quiet spell wakes the reader at
 /// once, the records that follow within 50 ms ride along, and an idle host wakes nobody. (The
@@ -162,7 +162,6 @@ pub static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 pub fn wakeup_flags(now: u64) -> u64 {
     const AVAIL_DATA: u64 = 0;
     const NO_WAKEUP: u64 = 1;
-    const WAKEUP_BYTES: u64 = 64 * 1024;
     const WAKEUP_GAP_NS: u64 = 1_000_000;
     let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
         return FORCE_WAKEUP;
@@ -171,7 +170,8 @@ pub fn wakeup_flags(now: u64) -> u64 {
     unsafe {
         let since = now.wrapping_sub(*last);
         if since >= WAKEUP_EVERY_NS
-            || (since >= WAKEUP_GAP_NS && EVENTS.query(AVAIL_DATA) >= WAKEUP_BYTES)
+            || (since >= WAKEUP_GAP_NS
+                && EVENTS.query(AVAIL_DATA) >= u64::from(SETTINGS.load().wakeup_bytes))
         {
             *last = now;
             return FORCE_WAKEUP;

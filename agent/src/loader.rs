@@ -172,7 +172,7 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded> {
         agent_tgid: std::process::id(),
         capture_bytes: opts.capture_bytes,
         flags: opts.select_flags,
-        _pad: 0,
+        wakeup_bytes: agent_common::wakeup_bytes(opts.ring_buffer_bytes),
     };
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)

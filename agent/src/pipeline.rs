@@ -64,12 +64,19 @@ fn check_pids(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Spans waiting for export, unless `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise. The SDKs' 2048 is
+/// sized for one process; this queue takes a whole host's spans, handed over a ring wake-up's
+/// worth at a time (up to ~1000 at 20k requests/s, `agent_common::WAKEUP_BYTES`), so 2048 left
+/// room for two bursts and dropped spans whenever the export task missed a turn on a busy CPU.
+/// A queued span is under 1 KiB: 8 MiB when full.
+const DEFAULT_QUEUE_SIZE: usize = 8192;
+
 fn queue_size() -> usize {
     std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(2048)
+        .unwrap_or(DEFAULT_QUEUE_SIZE)
 }
 
 fn sink(config: &Config) -> Result<Sink> {
