@@ -18,7 +18,14 @@ pub const MAX_IOV: usize = 256;
 /// The kernel wakes the ring buffer's reader for the first record sent this long (or more)
 /// after its last wake-up; the records within it ride along unannounced. Userspace checks the
 /// ring once, a little later than this after each drain, to pick up the last of them.
-pub const WAKEUP_EVERY_NS: u64 = 50_000_000;
+///
+/// Each wake-up costs the reader a cold start, which a moderate rate pays for a few requests:
+/// the Python service at 200 requests/s cost the agent 46–56 us per request with 50 ms here
+/// and 30–35 us with 200 ms (docs/BENCHMARKS.md). Spans leave in batches every 5 s by default
+/// (`OTEL_BSP_SCHEDULE_DELAY`), so the later hand-over delays nothing that is exported; a span
+/// printed on the terminal appears at most ~0.2 s after its request ends. Process records
+/// (fork, exec, exit) do not wait: they wake the reader at once.
+pub const WAKEUP_EVERY_NS: u64 = 200_000_000;
 
 /// The kernel also wakes the ring buffer's reader once this many bytes are queued (at most one
 /// such wake-up per millisecond), or an eighth of a smaller ring (`Settings::wakeup_bytes`).
