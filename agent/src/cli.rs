@@ -76,7 +76,8 @@ pub struct Args {
     /// Kernel ring buffer size in MiB, a power of two [default: 1 MiB per CPU, 4 to 64]. Its
     /// pages are resident (and counted twice in RSS, being mapped twice); the reader is woken at
     /// 512 KiB queued (an eighth of a smaller ring), so 4 MiB absorbs nearly a third of a second
-    /// of the agent falling behind at 23k requests/s. Records that do not fit are counted as lost, never dropped silently.
+    /// of the agent falling behind at 23k requests/s. Records that do not fit are counted as
+    /// lost, never dropped silently.
     #[arg(long, value_parser = parse_ring_size)]
     pub ring_buffer_mib: Option<u32>,
 

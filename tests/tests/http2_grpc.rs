@@ -245,12 +245,13 @@ fn unrecognized_protocol_stops_being_shipped() {
     // 4000 syscalls over more than a second (1000 writes and 1000 reads on each end). The first
     // record wakes the reader (it follows a quiet spell); the accepted end's first records ride
     // along until the next look, at most `WAKEUP_EVERY_NS` plus the backstop's margin (~210 ms,
-    // under a fifth of the exchange). Once userspace has seen a connection's first bytes, the
-    // kernel copies nothing more of it.
+    // under a fifth of the exchange: at most ~800 syscalls of both ends). Once userspace has
+    // seen a connection's first bytes, the kernel copies nothing more of it. Three runs: 350-717
+    // sent, 3288-3655 skipped.
     let (skipped, sent) = (
         counter("kernel_skipped_ignored"),
         counter("kernel_events_sent"),
     );
-    assert!(skipped >= 2400, "skipped {skipped}: {stderr:#?}");
-    assert!(sent < 1600, "sent {sent}: {stderr:#?}");
+    assert!(skipped >= 3000, "skipped {skipped}: {stderr:#?}");
+    assert!(sent < 1000, "sent {sent}: {stderr:#?}");
 }
