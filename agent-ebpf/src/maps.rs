@@ -150,9 +150,10 @@ pub static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 /// `bpf_ringbuf_output` flags for a record sent at `now`: wake the reader once
 /// `Settings::wakeup_bytes` are queued, or when it was last woken `WAKEUP_EVERY_NS` ago or more.
 /// A wake-up per record costs the reader a context switch per syscall traced; a timer in the
-/// reader instead would wake it when nothing happens. So: the first record after a quiet spell wakes the reader at
-/// once, the records that follow within 200 ms ride along, and an idle host wakes nobody. (The
-/// reader's one-shot check after each drain, `capture::Backstop`, picks up the tail of a burst.)
+/// reader instead would wake it when nothing happens. So: the first record after a quiet spell
+/// wakes the reader at once, the records that follow within 200 ms ride along, and an idle host
+/// wakes nobody. (The reader's one-shot check after each drain, `capture::Backstop`, picks up the
+/// tail of a burst.)
 ///
 /// Wake-ups for queued bytes are at least `WAKEUP_GAP_NS` apart: until the woken reader gets a
 /// CPU, the bytes stay queued, and every record would wake it again, each wake-up an interrupt

@@ -282,11 +282,11 @@ fn drain(
 /// The one look at the ring buffer that follows each drain, for the records the kernel queued
 /// without waking the reader. The kernel wakes it for the first record sent `WAKEUP_EVERY_NS`
 /// or more after its last wake-up (and once `Settings::wakeup_bytes` are queued:
-/// `maps::wakeup_flags`); the records within that window ride along unannounced. A look a little later than the window,
-/// after each drain, finds the last of them; any record sent after it wakes the reader itself.
-/// So the timer only runs while traffic flows: an idle agent is never woken by it (a periodic
-/// timer cost an idle agent a wake-up every 200 ms), and the most a record waits is
-/// `DRAIN_BACKSTOP`.
+/// `maps::wakeup_flags`); the records within that window ride along unannounced. A look a
+/// little later than the window, after each drain, finds the last of them; any record sent
+/// after it wakes the reader itself. So the timer only runs while traffic flows: an idle agent
+/// is never woken by it (a periodic timer cost an idle agent a wake-up every 200 ms), and the
+/// most a record waits is `DRAIN_BACKSTOP`.
 pub struct Backstop {
     sleep: Pin<Box<Sleep>>,
     armed: bool,
