@@ -394,17 +394,19 @@ async fn process_loop(
         exited: Vec::new(),
     };
     let mut backstop = capture::Backstop::new();
-    // Gauges, and metrics housekeeping when nothing waits.
+    // Gauges, old CLIENT requests forgotten, and the service graph's halves that waited too
+    // long for their pair counted: a second or so late, by a scan of each table that ten times
+    // a second cost 5% of the agent's CPU beside a Python service calling untraced peers.
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
     // Frequent enough that a SERVER span waiting for its client is not held long. It only runs
-    // while something waits (a request for its peer, a service-graph half for its other half):
-    // an idle agent is not woken ten times a second for nothing.
+    // while the linker waits on time: an idle agent is not woken ten times a second for
+    // nothing.
     let mut link_tick = tokio::time::interval(Duration::from_millis(100));
     link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
     loop {
-        let waiting = st.linker.waiting() || st.observers.metrics.waiting();
+        let waiting = st.linker.waiting();
         tokio::select! {
             read = capture.next_batch(&mut backstop, BATCH, &stats, |ev| work.event(ev, &mut st, &stats)) => {
                 if let Err(err) = read {
@@ -415,9 +417,9 @@ async fn process_loop(
             }
             _ = link_tick.tick(), if waiting => {
                 st.linker.tick(clock::monotonic_ns(), &mut st.processes, &stats, &mut work.spans);
-                st.observers.metrics.tick(Instant::now());
             }
             _ = housekeeping.tick() => {
+                st.linker.tick(clock::monotonic_ns(), &mut st.processes, &stats, &mut work.spans);
                 st.observers.metrics.tick(Instant::now());
                 stats.set(&stats.gauges.ring_buffer_queued_bytes, capture.queued_bytes());
                 stats.set(&stats.gauges.connections, work.table.len() as u64);

@@ -136,7 +136,7 @@ impl Pairing {
     }
 
     /// Counts alone the halves that waited longer than [`PAIR_WAIT`]. A scan of both tables
-    /// (at most `2 × MAX_WAITING` entries, a few times a second) keeps memory bounded by the
+    /// (at most `2 × MAX_WAITING` entries, once a second) keeps memory bounded by the
     /// tables alone, however fast pairs complete.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Request>) {
         if self.waiting() == 0 {

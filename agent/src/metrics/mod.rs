@@ -188,11 +188,6 @@ impl Metrics {
         st.done = done;
     }
 
-    /// Whether a service-graph half waits for its other half: `tick` must then run soon.
-    pub fn waiting(&self) -> bool {
-        self.lock().pairing.waiting() > 0
-    }
-
     /// Counts alone the pairing halves that waited too long, and lets go of OTLP instruments
     /// bound to providers that were dropped.
     pub fn tick(&self, now: Instant) {

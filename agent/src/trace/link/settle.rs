@@ -237,7 +237,9 @@ impl Linker {
             if let Some(entry) = self
                 .clients
                 .get_mut(&tuple)
-                .and_then(|q| q.iter_mut().find(|e| e.key == key))
+                // From the back: a request usually settles as it starts, just after its
+                // entry was pushed, and a connection keeps up to 64 entries.
+                .and_then(|q| q.iter_mut().rev().find(|e| e.key == key))
             {
                 entry.settled = Some(settled.clone());
             }
