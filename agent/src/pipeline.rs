@@ -393,7 +393,6 @@ async fn process_loop(
         spans: Vec::new(),
         exited: Vec::new(),
     };
-    let mut backstop = capture::Backstop::new();
     // Gauges, old CLIENT requests forgotten, and the service graph's halves that waited too
     // long for their pair counted: a second or so late, by a scan of each table that ten times
     // a second cost 5% of the agent's CPU beside a Python service calling untraced peers.
@@ -408,7 +407,7 @@ async fn process_loop(
     loop {
         let waiting = st.linker.waiting();
         tokio::select! {
-            read = capture.next_batch(&mut backstop, BATCH, &stats, |ev| work.event(ev, &mut st, &stats)) => {
+            read = capture.next_batch(BATCH, &stats, |ev| work.event(ev, &mut st, &stats)) => {
                 if let Err(err) = read {
                     // The ring buffer's fd left the reactor: nothing more can be read.
                     warn!(%err, "reading the ring buffer failed; stopping");
