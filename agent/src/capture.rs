@@ -234,11 +234,12 @@ impl Capture {
                 let mut guard = guard?;
                 let n = drain(guard.get_inner_mut(), max, stats, each);
                 if n < max {
-                    // Empty: sleep until the kernel's next wake-up. A full batch leaves the
-                    // readiness set, so the next call reads on at once.
+                    // Empty: sleep until the kernel's next wake-up, or the backstop's look. A
+                    // full batch leaves the readiness set, so the next call reads on at once
+                    // (and sets the backstop once the ring is empty).
                     guard.clear_ready();
+                    backstop.arm();
                 }
-                backstop.arm();
                 Ok(n)
             }
             guard = backstop.timer.readable(), if armed => {
