@@ -203,15 +203,7 @@ impl Capture {
         let depth = depth::Depth::map(&ring)
             .map_err(|err| tracing::debug!(%err, "ring-buffer depth unavailable"))
             .ok();
-        // SAFETY: the AsyncFd owns the ring buffer, whose map fd stays open and unchanged until
-        // the AsyncFd is dropped.
-        let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "registering the ring buffer with tokio: {}",
-                    e.into_parts().1
-                )
-            })?;
+        let fd = register(ring, "the ring buffer")?;
         Ok(Self {
             fd,
             depth,
@@ -312,13 +304,21 @@ fn drain(
 /// its wheel moves a timer to a later deadline lazily (the runtime woke at the old one), and a
 /// timer more than 64 ms away is cascaded down the wheel by a wake-up of its own. Together they
 /// doubled the agent's wake-ups beside a Python service at 200 requests/s.
-pub struct Backstop {
+struct Backstop {
     timer: AsyncFd<Timer>,
     armed: bool,
 }
 
 /// A `TimerFd` as tokio registers fds (by raw fd).
 struct Timer(TimerFd);
+
+/// Registers `owner`'s fd with tokio's reactor, for reading.
+fn register<T: AsRawFd>(owner: T, what: &str) -> Result<AsyncFd<T>> {
+    // SAFETY: the AsyncFd takes `owner`, whose fd stays open and unchanged until the AsyncFd is
+    // dropped (both callers pass the value that owns the fd).
+    unsafe { AsyncFd::register_with_interest(owner, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering {what} with tokio: {}", e.into_parts().1))
+}
 
 impl AsRawFd for Timer {
     fn as_raw_fd(&self) -> RawFd {
@@ -327,25 +327,17 @@ impl AsRawFd for Timer {
 }
 
 /// How long after a drain the backstop looks again: past the kernel's ride-along window.
-pub const DRAIN_BACKSTOP: Duration = Duration::from_nanos(WAKEUP_EVERY_NS + 10_000_000);
+const DRAIN_BACKSTOP: Duration = Duration::from_nanos(WAKEUP_EVERY_NS + 10_000_000);
 
 impl Backstop {
     /// A disarmed backstop; it needs the tokio runtime (its fd joins the reactor).
-    pub fn new() -> Result<Self> {
+    fn new() -> Result<Self> {
         let timer = TimerFd::new(
             ClockId::CLOCK_MONOTONIC,
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
         )
         .context("creating the ring buffer's backstop timer (timerfd)")?;
-        // SAFETY: the AsyncFd owns the timer, whose fd stays open and unchanged until the
-        // AsyncFd is dropped.
-        let timer = unsafe { AsyncFd::register_with_interest(Timer(timer), Interest::READABLE) }
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "registering the backstop timer with tokio: {}",
-                    e.into_parts().1
-                )
-            })?;
+        let timer = register(Timer(timer), "the backstop timer")?;
         Ok(Backstop {
             timer,
             armed: false,
