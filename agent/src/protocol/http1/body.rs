@@ -252,9 +252,21 @@ pub(super) fn chunked_coding(value: &[u8]) -> bool {
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
-/// A `Content-Length` value, when it is a number.
+/// A `Content-Length` value (`1*DIGIT`, RFC 9110 §8.6), when it is one that fits a `u64`.
+/// Read digit by digit: a UTF-8 check and `str::parse` cost three times as much, once per
+/// message.
 pub(super) fn length_value(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value).ok()?.trim().parse().ok()
+    let digits = value.trim_ascii();
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// RFC 9112 §6.3 for requests: chunked, else Content-Length, else no body.

@@ -1,4 +1,5 @@
-//! HTTP/1.0 and HTTP/1.1: heads parsed with `httparse`, bodies framed by `Content-Length`,
+//! HTTP/1.0 and HTTP/1.1: request heads parsed with `httparse`, response heads read for their
+//! status and framing only (`head::scan_response`), bodies framed by `Content-Length`,
 //! chunked transfer coding or connection close (RFC 9112 §6), keep-alive and pipelining, and
 //! requests paired with responses strictly in order.
 //!
@@ -14,6 +15,7 @@ use std::collections::VecDeque;
 
 mod body;
 mod head;
+mod lines;
 
 use body::{BodyProgress, Framing, Phase, Side, request_framing, response_framing};
 use head::{Framed, HeadResult, parse_request, parse_response};

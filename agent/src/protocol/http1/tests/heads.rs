@@ -18,14 +18,20 @@ fn a_response_keeps_no_fields_and_is_framed_by_them() {
     assert_eq!(h.out[0].response.body_len, 5);
 }
 
+fn scanned(head: &[u8]) -> head::StatusHead {
+    match head::scan_response(head) {
+        head::HeadResult::Done(h, n) => {
+            assert_eq!(n, head.len(), "the head ends after its blank line");
+            h
+        }
+        head::HeadResult::NeedMore => panic!("incomplete: {head:?}"),
+        head::HeadResult::Invalid => panic!("invalid: {head:?}"),
+    }
+}
+
 #[test]
 fn a_response_is_framed_by_its_first_length_and_upgrade_and_its_last_coding() {
-    let fields = |head: &[u8]| {
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut r = httparse::Response::new(&mut headers);
-        assert!(r.parse(head).is_ok_and(|s| s.is_complete()));
-        head::Framed::of(r.headers)
-    };
+    let fields = |head: &[u8]| scanned(head).framed;
     let f = fields(b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 12 \r\nContent-Length: 7\r\n\r\n");
     assert_eq!(f.content_length, Some(12));
     assert!(!f.chunked && !f.h2c);
@@ -41,6 +47,60 @@ fn a_response_is_framed_by_its_first_length_and_upgrade_and_its_last_coding() {
     assert!(f.h2c);
     let f = fields(b"HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n");
     assert!(!f.h2c, "the first Upgrade decides");
+    // Names that only start like a framing field, and a value with no field name before it.
+    let f =
+        fields(b"HTTP/1.1 200 OK\r\nContent-Type: a\r\nContent-Length-X: 3\r\nTE: chunked\r\n\r\n");
+    assert_eq!(f, head::Framed::default());
+}
+
+/// The fields the parser reads come out the same whichever reader reads them: the request
+/// side's `httparse` fields, or the response side's scan.
+#[test]
+fn both_readers_of_framing_fields_agree() {
+    let heads: [&[u8]; 4] = [
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip,chunked\r\nContent-Length: 9\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n",
+        b"HTTP/1.0 204 No Content\r\n\r\n",
+    ];
+    for head in heads {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut headers);
+        assert!(r.parse(head).is_ok_and(|s| s.is_complete()));
+        let h = scanned(head);
+        assert_eq!(h.framed, head::Framed::of(r.headers), "{head:?}");
+        assert_eq!(Some(h.status), r.code);
+    }
+}
+
+#[test]
+fn a_status_line_gives_the_status_and_version() {
+    let h = scanned(b"HTTP/1.0 404 Not Found\r\n\r\n");
+    assert_eq!((h.status, h.version), (404, Version::Http10));
+    // No reason phrase, bare line feeds.
+    let h = scanned(b"HTTP/1.1 503\nContent-Length: 0\n\n");
+    assert_eq!((h.status, h.version), (503, Version::Http11));
+    assert_eq!(h.framed.content_length, Some(0));
+    // A reason phrase with bytes a strict parser refuses: the client took it.
+    let h = scanned(b"HTTP/1.1 200 \x01fine\x7f\r\nContent-Length : 4\r\n\r\n");
+    assert_eq!(h.status, 200);
+    assert_eq!(h.framed.content_length, None, "a name ends at its colon");
+}
+
+#[test]
+fn a_head_is_incomplete_until_its_blank_line_and_invalid_when_not_a_status_line() {
+    let needs_more = |head: &[u8]| matches!(head::scan_response(head), head::HeadResult::NeedMore);
+    let invalid = |head: &[u8]| matches!(head::scan_response(head), head::HeadResult::Invalid);
+    let full = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n";
+    for end in 0..full.len() {
+        assert!(needs_more(&full[..end]), "{:?}", &full[..end]);
+    }
+    assert!(invalid(b"HTTP/2 200 OK\r\n\r\n"));
+    assert!(invalid(b"HTTP/1.1 20x OK\r\n\r\n"));
+    assert!(invalid(b"HTTP/1.1 2000 OK\r\n\r\n"));
+    assert!(invalid(b"HTTP/1.1 x"), "a wrong byte before the line ends");
+    assert!(invalid(b"HTTP/1.1 20\r\n\r\n"));
+    assert!(invalid(b"SSH-2.0-OpenSSH"));
 }
 
 /// A request keeps the fields its framing, its span and its trace context read; the others
@@ -126,4 +186,23 @@ fn started_records_carry_context_and_fingerprint() {
             .count(),
         3
     );
+}
+
+#[test]
+fn a_content_length_is_digits_that_fit() {
+    let length = |v: &[u8]| super::body::length_value(v);
+    assert_eq!(length(b" 42 "), Some(42));
+    assert_eq!(length(b"0"), Some(0));
+    assert_eq!(length(b"18446744073709551615"), Some(u64::MAX));
+    for bad in [
+        &b""[..],
+        b"  ",
+        b"+5",
+        b"-1",
+        b"4 2",
+        b"0x10",
+        b"18446744073709551616",
+    ] {
+        assert_eq!(length(bad), None, "{bad:?}");
+    }
 }
