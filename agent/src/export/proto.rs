@@ -114,6 +114,66 @@ impl Writer {
     /// lengths are computed first and every byte is written once, without the placeholder and
     /// back-patching of `message`.
     pub fn key_value(&mut self, field: u32, key: &str, value: AnyValue<'_>) {
+        if !self.short_key_value(field, key, value) {
+            self.long_key_value(field, key, value);
+        }
+    }
+
+    /// A `KeyValue` whose lengths all fit one byte (under 128), with one-byte tags: nearly all
+    /// of them (attribute names are short, and so are most values). Its fixed bytes go in as
+    /// two small arrays, the key and a string value as one copy each: ~90 instructions where
+    /// the general encoding took ~240. Returns false, writing nothing, for any other.
+    fn short_key_value(&mut self, field: u32, key: &str, value: AnyValue<'_>) -> bool {
+        let (key, tag) = (key.as_bytes(), field << 3 | LEN);
+        // Field 1 of `KeyValue` (key), then field 2 (value: `AnyValue`).
+        const KEY: u8 = 1 << 3 | LEN as u8;
+        const VALUE: u8 = 2 << 3 | LEN as u8;
+        // An int's `KeyValue` is at most 2 + key + 2 + 11 bytes; an empty key is left out of
+        // the encoding (proto3), which the general path does.
+        if key.is_empty() || key.len() > 100 || tag >= 0x80 {
+            return false;
+        }
+        match value {
+            AnyValue::Str(s) => {
+                let s = s.as_bytes();
+                // The `KeyValue`, 2 + key + 2 + (2 + s) bytes, under 128 (and so every
+                // length in it).
+                if key.len() + s.len() > 121 {
+                    return false;
+                }
+                let any_len = 2 + s.len();
+                let kv_len = 2 + key.len() + 2 + any_len;
+                self.buf.reserve(2 + kv_len);
+                self.buf
+                    .extend_from_slice(&[tag as u8, kv_len as u8, KEY, key.len() as u8]);
+                self.buf.extend_from_slice(key);
+                // `AnyValue` field 1: a string.
+                self.buf.extend_from_slice(&[
+                    VALUE,
+                    any_len as u8,
+                    1 << 3 | LEN as u8,
+                    s.len() as u8,
+                ]);
+                self.buf.extend_from_slice(s);
+            }
+            AnyValue::Int(i) => {
+                // `AnyValue` field 3: an int (at most 10 varint bytes).
+                let any_len = 1 + varint_len(i as u64);
+                let kv_len = 2 + key.len() + 2 + any_len;
+                self.buf.reserve(2 + kv_len);
+                self.buf
+                    .extend_from_slice(&[tag as u8, kv_len as u8, KEY, key.len() as u8]);
+                self.buf.extend_from_slice(key);
+                self.buf
+                    .extend_from_slice(&[VALUE, any_len as u8, 3 << 3 | VARINT as u8]);
+                self.varint(i as u64);
+            }
+        }
+        true
+    }
+
+    /// A `KeyValue` of any size.
+    fn long_key_value(&mut self, field: u32, key: &str, value: AnyValue<'_>) {
         // `AnyValue` body: a string (field 1, written even when empty: it is still a value) or
         // an int (field 3).
         let any_len = match value {

@@ -126,3 +126,46 @@ fn long_values_and_large_batches_get_multi_byte_lengths() {
     assert_eq!(find("negative"), Some(&any_value::Value::IntValue(-3)));
     assert_eq!(req.resource_spans[1].scope_spans[0].spans.len(), 1);
 }
+
+/// The short form writes exactly the bytes of the general one, on both sides of every
+/// one-byte length, and declines what it cannot write.
+#[test]
+fn short_key_values_are_the_general_encoding() {
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    let values: Vec<String> = (0..=130).map(|n| "v".repeat(n)).collect();
+    let ints = [0, 1, 127, 128, -1, i64::MAX, i64::MIN];
+    let mut short_ones = 0;
+    for key_len in [1, 2, 19, 64, 100, 101, 121, 122] {
+        let key = "k".repeat(key_len);
+        let strs = values.iter().map(|v| AnyValue::Str(v));
+        for any in strs.chain(ints.map(AnyValue::Int)) {
+            for field in [1, 9, 15, 16] {
+                let (mut short, mut long) = (Writer::default(), Writer::default());
+                long.long_key_value(field, &key, any);
+                if short.short_key_value(field, &key, any) {
+                    short_ones += 1;
+                    assert_eq!(short.buf, long.buf, "{key_len} {any:?} {field}");
+                } else {
+                    assert!(short.buf.is_empty());
+                }
+            }
+            // Field 1 of a `Resource` is its attributes.
+            let mut w = Writer::default();
+            w.key_value(1, &key, any);
+            let resource = Resource::decode(w.buf.as_slice()).expect("a Resource");
+            let kv = &resource.attributes[0];
+            assert_eq!(kv.key, key);
+            let decoded = value(&kv.value);
+            match any {
+                AnyValue::Str(s) => {
+                    assert_eq!(decoded, Some(&any_value::Value::StringValue(s.into())))
+                }
+                AnyValue::Int(i) => assert_eq!(decoded, Some(&any_value::Value::IntValue(i))),
+            }
+        }
+    }
+    assert!(
+        short_ones > 1000,
+        "the short form is the common one: {short_ones}"
+    );
+}
