@@ -121,7 +121,7 @@ impl Writer {
 
     /// A `KeyValue` whose lengths all fit one byte (under 128), with one-byte tags: nearly all
     /// of them (attribute names are short, and so are most values). Its fixed bytes go in as
-    /// two small arrays, the key and a string value as one copy each: ~90 instructions where
+    /// two small arrays, the key and a string value as one copy each: ~120 instructions where
     /// the general encoding took ~240. Returns false, writing nothing, for any other.
     fn short_key_value(&mut self, field: u32, key: &str, value: AnyValue<'_>) -> bool {
         let (key, tag) = (key.as_bytes(), field << 3 | LEN);
