@@ -47,7 +47,8 @@ fn a_response_is_framed_by_its_first_length_and_upgrade_and_its_last_coding() {
     assert!(f.h2c);
     let f = fields(b"HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n");
     assert!(!f.h2c, "the first Upgrade decides");
-    // Names that only start like a framing field, and a value with no field name before it.
+    // A name that only starts like a framing field's, and a short one with a first letter in
+    // common (`TE`).
     let f =
         fields(b"HTTP/1.1 200 OK\r\nContent-Type: a\r\nContent-Length-X: 3\r\nTE: chunked\r\n\r\n");
     assert_eq!(f, head::Framed::default());
