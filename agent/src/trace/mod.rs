@@ -31,7 +31,8 @@ use crate::{
 /// Random non-zero W3C ids.
 pub fn new_trace_id(rng: &mut impl Rng) -> [u8; 16] {
     loop {
-        let id: [u8; 16] = rng.random();
+        // One 128-bit draw: an array of bytes is drawn a byte (one generator step) at a time.
+        let id = rng.random::<u128>().to_le_bytes();
         if id != [0; 16] {
             return id;
         }
@@ -41,7 +42,7 @@ pub fn new_trace_id(rng: &mut impl Rng) -> [u8; 16] {
 /// A random non-zero span id.
 pub fn new_span_id(rng: &mut impl Rng) -> [u8; 8] {
     loop {
-        let id: [u8; 8] = rng.random();
+        let id = rng.random::<u64>().to_le_bytes();
         if id != [0; 8] {
             return id;
         }
