@@ -133,37 +133,30 @@ impl Writer {
         if key.is_empty() || key.len() > 100 || tag >= 0x80 {
             return false;
         }
+        // The `AnyValue`'s length: a string (field 1) or an int (field 3, at most 10 varint
+        // bytes).
+        let any_len = match value {
+            // The `KeyValue`, 2 + key + 2 + (2 + s) bytes, under 128 (and so every length in it).
+            AnyValue::Str(s) if key.len() + s.len() > 121 => return false,
+            AnyValue::Str(s) => 2 + s.len(),
+            AnyValue::Int(i) => 1 + varint_len(i as u64),
+        };
+        let kv_len = 2 + key.len() + 2 + any_len;
+        self.buf.reserve(2 + kv_len);
+        self.buf
+            .extend_from_slice(&[tag as u8, kv_len as u8, KEY, key.len() as u8]);
+        self.buf.extend_from_slice(key);
         match value {
             AnyValue::Str(s) => {
-                let s = s.as_bytes();
-                // The `KeyValue`, 2 + key + 2 + (2 + s) bytes, under 128 (and so every
-                // length in it).
-                if key.len() + s.len() > 121 {
-                    return false;
-                }
-                let any_len = 2 + s.len();
-                let kv_len = 2 + key.len() + 2 + any_len;
-                self.buf.reserve(2 + kv_len);
-                self.buf
-                    .extend_from_slice(&[tag as u8, kv_len as u8, KEY, key.len() as u8]);
-                self.buf.extend_from_slice(key);
-                // `AnyValue` field 1: a string.
                 self.buf.extend_from_slice(&[
                     VALUE,
                     any_len as u8,
                     1 << 3 | LEN as u8,
                     s.len() as u8,
                 ]);
-                self.buf.extend_from_slice(s);
+                self.buf.extend_from_slice(s.as_bytes());
             }
             AnyValue::Int(i) => {
-                // `AnyValue` field 3: an int (at most 10 varint bytes).
-                let any_len = 1 + varint_len(i as u64);
-                let kv_len = 2 + key.len() + 2 + any_len;
-                self.buf.reserve(2 + kv_len);
-                self.buf
-                    .extend_from_slice(&[tag as u8, kv_len as u8, KEY, key.len() as u8]);
-                self.buf.extend_from_slice(key);
                 self.buf
                     .extend_from_slice(&[VALUE, any_len as u8, 3 << 3 | VARINT as u8]);
                 self.varint(i as u64);
