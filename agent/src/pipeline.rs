@@ -340,8 +340,9 @@ struct Observers {
 }
 
 impl Observers {
-    fn observe(&self, span: &Span) {
-        self.metrics.observe(span, Instant::now());
+    /// `now` is read once per batch of spans, not per span.
+    fn observe(&self, span: &Span, now: Instant) {
+        self.metrics.observe(span, now);
         if let Some(r) = &self.recent {
             r.observe(span);
         }
@@ -410,6 +411,7 @@ async fn process_loop(
     let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
     loop {
         let waiting = st.linker.waiting();
+        st.linker.refresh_clock();
         tokio::select! {
             read = capture.next_batch(BATCH, &stats, |ev| work.event(ev, &mut st, &stats)) => {
                 if let Err(err) = read {
@@ -448,13 +450,15 @@ async fn process_loop(
         }
     }
     // The programs are detached: what is left in the ring buffer is the last of it.
+    st.linker.refresh_clock();
     capture.drain_all(&stats, |ev| work.event(ev, &mut st, &stats));
     work.table.close_all(&stats, &mut work.records);
     work.link(&mut st, &stats);
     st.linker.flush(&mut st.processes, &stats, &mut work.spans);
     // At shutdown, wait for room rather than drop: these requests finished before the signal.
+    let now = Instant::now();
     for span in work.spans.drain(..) {
-        if let Some(span) = keep(span, &stats, &st.observers)
+        if let Some(span) = keep(span, &stats, &st.observers, now)
             && tx.send(span).await.is_err()
         {
             stats.inc(&stats.spans_dropped_queue);
@@ -499,9 +503,9 @@ fn on_process(
 }
 
 /// Counts and measures a span, then applies the sampler's decision.
-fn keep(span: Span, stats: &Stats, observers: &Observers) -> Option<Span> {
+fn keep(span: Span, stats: &Stats, observers: &Observers, now: Instant) -> Option<Span> {
     stats.inc(&stats.spans_created);
-    observers.observe(&span);
+    observers.observe(&span, now);
     if span.sampled {
         Some(span)
     } else {
@@ -513,8 +517,9 @@ fn keep(span: Span, stats: &Stats, observers: &Observers) -> Option<Span> {
 /// Queues sampled spans for export; a full queue drops (and counts) rather than stall event
 /// processing.
 fn emit(spans: &mut Vec<Span>, tx: &mpsc::Sender<Span>, stats: &Stats, observers: &Observers) {
+    let now = Instant::now();
     for span in spans.drain(..) {
-        if let Some(span) = keep(span, stats, observers)
+        if let Some(span) = keep(span, stats, observers, now)
             && tx.try_send(span).is_err()
         {
             stats.inc(&stats.spans_dropped_queue);

@@ -103,13 +103,15 @@ pub fn network_attributes(conn: &ConnMeta, peer: SmolStr, a: &mut Vec<(&'static 
     }
 }
 
-/// Builds the span for one exchange, at its place in its trace.
+/// Builds the span for one exchange, at its place in its trace. `wall_offset_ns` turns kernel
+/// times into wall-clock times (`clock::WallClock`).
 pub fn make_span(
     conn: &ConnMeta,
     exchange: &Exchange,
     placement: Placement,
     processes: &mut Processes,
     routes: &route::Routes,
+    wall_offset_ns: u64,
 ) -> Span {
     let (first, last): (SyscallTime, SyscallTime) = match exchange {
         Exchange::Http(e) => (e.request.first, e.response.last),
@@ -120,7 +122,6 @@ pub fn make_span(
         Role::Client => (SpanKind::Client, first.enter_ns),
     };
     let end_ns = last.exit_ns.max(start_ns);
-    let offset = clock::wall_offset_ns();
     let mut d = match exchange {
         Exchange::Http(e) => http::describe(conn, kind, e, routes),
         Exchange::Db(op) => db::describe(conn, op),
@@ -140,8 +141,8 @@ pub fn make_span(
         link: placement.link,
         kind,
         name: d.name,
-        start_ns: clock::to_unix_ns(start_ns, offset),
-        end_ns: clock::to_unix_ns(end_ns, offset),
+        start_ns: clock::to_unix_ns(start_ns, wall_offset_ns),
+        end_ns: clock::to_unix_ns(end_ns, wall_offset_ns),
         attributes: d.attributes,
         status: if d.error {
             Status::Error

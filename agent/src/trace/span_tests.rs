@@ -87,6 +87,7 @@ fn span(role: Role, e: &Exchange) -> Span {
         placement(),
         &mut Processes::new(8),
         &Routes::default(),
+        crate::clock::wall_offset_ns(),
     )
 }
 
@@ -155,6 +156,7 @@ fn tls_connections_are_https() {
         placement(),
         &mut Processes::new(8),
         &Routes::default(),
+        crate::clock::wall_offset_ns(),
     );
     assert_eq!(sp.attr_str("url.scheme"), Some("https"));
     assert_eq!(sp.attr_str("url.full"), Some("https://shop.local:8080/pay"));

@@ -41,6 +41,7 @@ use super::{
     sampler::Sampler,
 };
 use crate::{
+    clock::WallClock,
     conn::{ConnMeta, ConnRecord, Endpoint, Role},
     process::Processes,
     protocol::{Exchange, Record, Start},
@@ -189,6 +190,8 @@ pub struct Linker {
     rng: rand::rngs::SmallRng,
     /// How SERVER spans get their `http.route`.
     routes: Routes,
+    /// Kernel times to wall-clock times, read once per batch of records.
+    clock: WallClock,
 }
 
 impl Linker {
@@ -205,7 +208,13 @@ impl Linker {
             now_ns: 0,
             next_client_sweep_ns: 0,
             rng: <rand::rngs::SmallRng as rand::SeedableRng>::from_os_rng(),
+            clock: WallClock::default(),
         }
+    }
+
+    /// Starts a batch of records: the spans made from now on read the wall clock afresh.
+    pub fn refresh_clock(&mut self) {
+        self.clock.refresh();
     }
 
     /// Uses these route patterns for `http.route`.
@@ -252,6 +261,7 @@ impl Linker {
                                 placement,
                                 processes,
                                 &self.routes,
+                                self.clock.offset_ns(),
                             ));
                         }
                         _ => ctx.held = Some(exchange),
@@ -266,6 +276,7 @@ impl Linker {
                             placement(&settled, span_id),
                             processes,
                             &self.routes,
+                            self.clock.offset_ns(),
                         ));
                     }
                 }

@@ -230,6 +230,7 @@ impl Linker {
                 placement(&settled, span_id),
                 processes,
                 &self.routes,
+                self.clock.offset_ns(),
             ));
         }
         if ctx.meta.role == Role::Client {
