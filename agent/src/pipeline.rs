@@ -153,10 +153,6 @@ fn metrics(config: &Config) -> Result<(Arc<Metrics>, Option<metrics::otlp::Expor
 pub async fn run(config: Config) -> Result<()> {
     check_pids(&config)?;
     let sink = sink(&config)?;
-    if let Sink::Otlp(otlp) = &sink {
-        // Spans are freed a batch at a time: keep their pages until the next batch has filled.
-        crate::memory::keep_freed_for(otlp.batch_delay * 2);
-    }
     let stats = Arc::new(Stats::default());
     let (metrics, metrics_export) = metrics(&config)?;
     if let Some(port) = config.prometheus_port {
