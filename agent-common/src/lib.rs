@@ -16,16 +16,21 @@ pub const MAX_PAYLOAD: usize = 4096;
 pub const MAX_IOV: usize = 256;
 
 /// The kernel wakes the ring buffer's reader for the first record sent this long (or more)
-/// after its last wake-up; the records within it ride along unannounced. Userspace checks the
-/// ring once, a little later than this after each drain, to pick up the last of them.
+/// after its last wake-up (`Settings::wakeup_window_ns`); the records within it ride along
+/// unannounced. Userspace checks the ring once, a little later than this after each drain, to
+/// pick up the last of them. This is the window when spans are printed on the terminal: a span
+/// appears at most ~0.2 s after its request ends.
 ///
 /// Each wake-up costs the reader a cold start, which a moderate rate pays for a few requests:
 /// the Python service at 200 requests/s cost the agent 46–56 us per request with 50 ms here
-/// and 30–35 us with 200 ms (docs/BENCHMARKS.md). Spans leave in batches every 5 s by default
-/// (`OTEL_BSP_SCHEDULE_DELAY`), so the later hand-over delays nothing that is exported; a span
-/// printed on the terminal appears at most ~0.2 s after its request ends. Process records
-/// (fork, exec, exit) do not wait: they wake the reader at once.
-pub const WAKEUP_EVERY_NS: u64 = 200_000_000;
+/// and 30–35 us with 200 ms (docs/BENCHMARKS.md). Process records (fork, exec, exit) do not
+/// wait: they wake the reader at once.
+pub const WAKEUP_WINDOW_NS: u64 = 200_000_000;
+
+/// The ride-along window when spans go to an OTLP collector. They leave in batches every 5 s by
+/// default (`OTEL_BSP_SCHEDULE_DELAY`), so a later hand-over delays nothing that is exported,
+/// and the reader's cold start is paid once a second instead of five times.
+pub const EXPORT_WAKEUP_WINDOW_NS: u64 = 1_000_000_000;
 
 /// The kernel also wakes the ring buffer's reader once this many bytes are queued (at most one
 /// such wake-up per millisecond), or an eighth of a smaller ring (`Settings::wakeup_bytes`).
@@ -342,13 +347,15 @@ pub struct Settings {
     pub flags: u32,
     /// Queued bytes at which the kernel wakes the ring buffer's reader ([`wakeup_bytes`]).
     pub wakeup_bytes: u32,
+    /// The ride-along window ([`WAKEUP_WINDOW_NS`], [`EXPORT_WAKEUP_WINDOW_NS`]).
+    pub wakeup_window_ns: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 64);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 112);
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 112 + MAX_PAYLOAD * 2);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
-const _: () = assert!(core::mem::size_of::<Settings>() == 16);
+const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 40);
 const _: () = assert!(MAX_PAYLOAD.is_power_of_two());
 const _: () = assert!(wakeup_bytes(4 << 20) == WAKEUP_BYTES && wakeup_bytes(1 << 20) == 128 << 10);

@@ -2,7 +2,7 @@
 //! event is counted under a `counter::*` reason instead of vanishing.
 
 use agent_common::{
-    ConnInfo, DataEvent, KernelOffsets, Settings, WAKEUP_EVERY_NS, counter, select,
+    ConnInfo, DataEvent, KernelOffsets, Settings, WAKEUP_WINDOW_NS, counter, select,
 };
 use aya_ebpf::{
     Global,
@@ -46,6 +46,7 @@ pub static SETTINGS: Global<Settings> = Global::new(Settings {
     capture_bytes: 0,
     flags: 0,
     wakeup_bytes: 0,
+    wakeup_window_ns: WAKEUP_WINDOW_NS,
 });
 
 /// Processes to trace: one byte per tgid (0 untraced, else why: 1 selected by userspace, 2
@@ -148,12 +149,12 @@ pub const FORCE_WAKEUP: u64 = 2;
 pub static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 
 /// `bpf_ringbuf_output` flags for a record sent at `now`: wake the reader once
-/// `Settings::wakeup_bytes` are queued, or when it was last woken `WAKEUP_EVERY_NS` ago or more.
-/// A wake-up per record costs the reader a context switch per syscall traced; a timer in the
-/// reader instead would wake it when nothing happens. So: the first record after a quiet spell
-/// wakes the reader at once, the records that follow within 200 ms ride along, and an idle host
-/// wakes nobody. (The reader's one-shot check after each drain, `capture::Backstop`, picks up the
-/// tail of a burst.)
+/// `Settings::wakeup_bytes` are queued, or when it was last woken `Settings::wakeup_window_ns`
+/// ago or more. A wake-up per record costs the reader a context switch per syscall traced; a
+/// timer in the reader instead would wake it when nothing happens. So: the first record after a
+/// quiet spell wakes the reader at once, the records that follow within the window ride along,
+/// and an idle host wakes nobody. (The reader's one-shot check after each drain,
+/// `capture::Backstop`, picks up the tail of a burst.)
 ///
 /// Wake-ups for queued bytes are at least `WAKEUP_GAP_NS` apart: until the woken reader gets a
 /// CPU, the bytes stay queued, and every record would wake it again, each wake-up an interrupt
@@ -170,9 +171,10 @@ pub fn wakeup_flags(now: u64) -> u64 {
     // SAFETY: a plain timestamp; racing writers on other CPUs store nearly the same value.
     unsafe {
         let since = now.wrapping_sub(*last);
-        if since >= WAKEUP_EVERY_NS
+        let settings = SETTINGS.load();
+        if since >= settings.wakeup_window_ns
             || (since >= WAKEUP_GAP_NS
-                && EVENTS.query(AVAIL_DATA) >= u64::from(SETTINGS.load().wakeup_bytes))
+                && EVENTS.query(AVAIL_DATA) >= u64::from(settings.wakeup_bytes))
         {
             *last = now;
             return FORCE_WAKEUP;

@@ -14,7 +14,7 @@ use std::{
 use agent_common::{
     ConnInfo, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA, EVENT_OPEN, EVENT_PROC,
     EventHeader, MAX_PAYLOAD, PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_MMAP_EXEC, PROC_PORT,
-    ProcEvent, SOURCE_TLS, WAKEUP_EVERY_NS,
+    ProcEvent, SOURCE_TLS,
 };
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
@@ -199,7 +199,9 @@ pub struct Capture {
 }
 
 impl Capture {
-    pub fn new(ring: RingBuf<MapData>) -> Result<Self> {
+    /// Reads `ring`, whose programs wake the reader with the ride-along window `wakeup_window`
+    /// (`loader::LoadOptions`).
+    pub fn new(ring: RingBuf<MapData>, wakeup_window: Duration) -> Result<Self> {
         let depth = depth::Depth::map(&ring)
             .map_err(|err| tracing::debug!(%err, "ring-buffer depth unavailable"))
             .ok();
@@ -207,7 +209,7 @@ impl Capture {
         Ok(Self {
             fd,
             depth,
-            backstop: Backstop::new()?,
+            backstop: Backstop::new(wakeup_window + BACKSTOP_MARGIN)?,
         })
     }
 
@@ -290,13 +292,13 @@ fn drain(
 }
 
 /// The one look at the ring buffer that follows each drain, for the records the kernel queued
-/// without waking the reader. The kernel wakes it for the first record sent `WAKEUP_EVERY_NS`
-/// or more after its last wake-up (and once `Settings::wakeup_bytes` are queued:
+/// without waking the reader. The kernel wakes it for the first record sent a ride-along window
+/// (`Settings::wakeup_window_ns`) or more after its last wake-up (and once `Settings::wakeup_bytes` are queued:
 /// `maps::wakeup_flags`); the records within that window ride along unannounced. A look a
 /// little later than the window, after each drain, finds the last of them; any record sent
 /// after it wakes the reader itself. So the timer only runs while traffic flows: an idle agent
 /// is never woken by it (a periodic timer cost an idle agent a wake-up every 200 ms), and the
-/// most a record waits is `DRAIN_BACKSTOP`.
+/// most a record waits is the window and `BACKSTOP_MARGIN`.
 ///
 /// The timer is a `timerfd` in the runtime's epoll set, set again by each drain, rather than a
 /// tokio `Sleep`. With steady traffic the kernel wakes the reader a little before each deadline,
@@ -307,6 +309,8 @@ fn drain(
 struct Backstop {
     timer: AsyncFd<Timer>,
     armed: bool,
+    /// How long after a drain it looks again: past the kernel's ride-along window.
+    after: Duration,
 }
 
 /// A `TimerFd` as tokio registers fds (by raw fd).
@@ -326,12 +330,13 @@ impl AsRawFd for Timer {
     }
 }
 
-/// How long after a drain the backstop looks again: past the kernel's ride-along window.
-const DRAIN_BACKSTOP: Duration = Duration::from_nanos(WAKEUP_EVERY_NS + 10_000_000);
+/// How much later than the kernel's ride-along window the backstop looks, after a drain.
+const BACKSTOP_MARGIN: Duration = Duration::from_millis(10);
 
 impl Backstop {
-    /// A disarmed backstop; it needs the tokio runtime (its fd joins the reactor).
-    fn new() -> Result<Self> {
+    /// A disarmed backstop that looks `after` each drain; it needs the tokio runtime (its fd
+    /// joins the reactor).
+    fn new(after: Duration) -> Result<Self> {
         let timer = TimerFd::new(
             ClockId::CLOCK_MONOTONIC,
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
@@ -341,13 +346,14 @@ impl Backstop {
         Ok(Backstop {
             timer,
             armed: false,
+            after,
         })
     }
 
-    /// Looks again `DRAIN_BACKSTOP` from now (a drain just ran: records may ride along after it).
+    /// Looks again `after` from now (a drain just ran: records may ride along after it).
     /// Setting a timerfd replaces its deadline and clears any expiration not read yet.
     fn arm(&mut self) {
-        let at = Expiration::OneShot(TimeSpec::from_duration(DRAIN_BACKSTOP));
+        let at = Expiration::OneShot(TimeSpec::from_duration(self.after));
         match self.timer.get_ref().0.set(at, TimerSetTimeFlags::empty()) {
             Ok(()) => self.armed = true,
             // Not expected with valid arguments; records then wait for the kernel's next wake-up.

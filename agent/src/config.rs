@@ -235,7 +235,7 @@ impl Config {
 
 /// The ring buffer's default size: 1 MiB per CPU of the host (every CPU's syscalls write into
 /// the one ring), as a power of two between 4 and 64 MiB. The reader is woken at 512 KiB queued
-/// (or 200 ms after its last wake-up) and keeps the ring nearly empty (under 1 MiB at nginx
+/// (or a ride-along window after its last wake-up) and keeps the ring nearly empty (under 1 MiB at nginx
 /// saturation on 2 CPUs), so the size is headroom for the reader falling behind: 4 MiB holds
 /// nearly a third of a second of a 2-CPU host at 23k requests/s (two records of ~260 bytes
 /// each). Its pages are resident and mapped twice, so each MiB here is 2 MiB of the agent's RSS.

@@ -2,7 +2,7 @@
 //! kernel. It checks privileges, mounts tracefs when needed, writes the BTF offsets and settings
 //! into the programs' globals, attaches every tracepoint and hands out the maps.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use agent_common::{ConnInfo, KernelOffsets, Settings, counter};
 use anyhow::{Context as _, Result, bail};
@@ -68,6 +68,8 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     /// `agent_common::select` bits: what the kernel selects by itself.
     pub select_flags: u32,
+    /// The ring buffer's ride-along window (`agent_common::WAKEUP_WINDOW_NS`).
+    pub wakeup_window: Duration,
 }
 
 /// The kernel's cache of traced file descriptors, through which userspace tells the kernel to
@@ -173,6 +175,7 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded> {
         capture_bytes: opts.capture_bytes,
         flags: opts.select_flags,
         wakeup_bytes: agent_common::wakeup_bytes(opts.ring_buffer_bytes),
+        wakeup_window_ns: u64::try_from(opts.wakeup_window.as_nanos()).unwrap_or(u64::MAX),
     };
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)

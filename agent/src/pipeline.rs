@@ -153,6 +153,12 @@ fn metrics(config: &Config) -> Result<(Arc<Metrics>, Option<metrics::otlp::Expor
 pub async fn run(config: Config) -> Result<()> {
     check_pids(&config)?;
     let sink = sink(&config)?;
+    // Spans printed on the terminal should appear soon after their request; exported ones wait
+    // for their batch anyway.
+    let wakeup_window = Duration::from_nanos(match sink {
+        Sink::Otlp(_) => agent_common::EXPORT_WAKEUP_WINDOW_NS,
+        Sink::Stdout(_) => agent_common::WAKEUP_WINDOW_NS,
+    });
     let stats = Arc::new(Stats::default());
     let (metrics, metrics_export) = metrics(&config)?;
     if let Some(port) = config.prometheus_port {
@@ -185,6 +191,7 @@ pub async fn run(config: Config) -> Result<()> {
             capture_bytes: config.capture_bytes,
             ring_buffer_bytes: config.ring_buffer_mib * 1024 * 1024,
             select_flags: config.selection.kernel_flags(cgroup_v2.is_some()),
+            wakeup_window,
         },
     )?;
     let pods = k8s::start(&config.kubernetes).await?;
@@ -207,7 +214,7 @@ pub async fn run(config: Config) -> Result<()> {
     let (span_tx, span_rx) = mpsc::channel::<Span>(queue_size());
 
     let process = tokio::spawn(process_loop(
-        Capture::new(ring)?,
+        Capture::new(ring, wakeup_window)?,
         stop_rx,
         span_tx.clone(),
         Stages {

@@ -143,13 +143,15 @@ impl TraceService for Grpc {
 }
 
 impl Receiver {
-    /// Waits for `n` spans, then a little longer so that extra spans would show.
+    /// Waits for `n` spans, then a little longer so that extra spans would show: longer than the
+    /// ride-along window of an exporting agent (records wait up to ~1 s in the ring buffer) and
+    /// the tests' 200 ms export batches.
     pub fn settle(&self, n: usize) -> Vec<RecvSpan> {
         crate::eventually(std::time::Duration::from_secs(20), || {
             (self.spans().len() >= n).then_some(())
         })
         .unwrap_or_else(|| panic!("expected {n} spans, got {:#?}", self.spans()));
-        std::thread::sleep(std::time::Duration::from_millis(800));
+        std::thread::sleep(std::time::Duration::from_millis(1300));
         self.spans()
     }
 
