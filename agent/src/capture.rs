@@ -293,12 +293,12 @@ fn drain(
 
 /// The one look at the ring buffer that follows each drain, for the records the kernel queued
 /// without waking the reader. The kernel wakes it for the first record sent a ride-along window
-/// (`Settings::wakeup_window_ns`) or more after its last wake-up (and once `Settings::wakeup_bytes` are queued:
-/// `maps::wakeup_flags`); the records within that window ride along unannounced. A look a
-/// little later than the window, after each drain, finds the last of them; any record sent
-/// after it wakes the reader itself. So the timer only runs while traffic flows: an idle agent
-/// is never woken by it (a periodic timer cost an idle agent a wake-up every 200 ms), and the
-/// most a record waits is the window and `BACKSTOP_MARGIN`.
+/// (`Settings::wakeup_window_ns`) or more after its last wake-up (and once
+/// `Settings::wakeup_bytes` are queued: `maps::wakeup_flags`); the records within that window
+/// ride along unannounced. A look a little later than the window, after each drain, finds the
+/// last of them; any record sent after it wakes the reader itself. So the timer only runs while
+/// traffic flows: an idle agent is never woken by it (a periodic timer cost an idle agent a
+/// wake-up every 200 ms), and the most a record waits is the window and `BACKSTOP_MARGIN`.
 ///
 /// The timer is a `timerfd` in the runtime's epoll set, set again by each drain, rather than a
 /// tokio `Sleep`. With steady traffic the kernel wakes the reader a little before each deadline,
