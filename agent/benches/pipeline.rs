@@ -21,7 +21,7 @@ use agent::{
     capture::{self, Event},
     clock,
     conn::{ConnRecord, ConnTable, Limits},
-    export::otlp::Encoder,
+    export::batch::Batcher,
     metrics::{DEFAULT_SERIES_LIMIT, Metrics},
     process::Processes,
     stats::Stats,
@@ -178,10 +178,9 @@ fn run(stage: Stage, records: &[Vec<u8>]) -> (f64, u64) {
     let mut linker = Linker::new(Sampler::from_env());
     let mut processes = Processes::new(64);
     let metrics = Metrics::new(DEFAULT_SERIES_LIMIT, None);
-    let mut encoder = Encoder::new(64);
+    let mut batcher = Batcher::new(BATCH, 5, 64);
     let mut recs: Vec<ConnRecord> = Vec::new();
     let mut spans: Vec<Span> = Vec::new();
-    let mut batch: Vec<Span> = Vec::with_capacity(BATCH);
     let mut made = 0u64;
     let began = Instant::now();
     let mut now = began;
@@ -210,18 +209,13 @@ fn run(stage: Stage, records: &[Vec<u8>]) -> (f64, u64) {
                 metrics.observe(&span, now);
             }
             if stage == Stage::Export {
-                batch.push(span);
-                if batch.len() == BATCH {
-                    black_box(encoder.encode(&mut batch, 5));
-                }
+                black_box(batcher.push(span));
             } else {
                 black_box(span);
             }
         }
     }
-    if !batch.is_empty() {
-        black_box(encoder.encode(&mut batch, 5));
-    }
+    black_box(batcher.take());
     let ns = began.elapsed().as_nanos() as f64 / f64::from(REQUESTS);
     (ns, made)
 }

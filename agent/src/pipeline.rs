@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, watch},
+    sync::watch,
 };
 use tracing::{debug, info, warn};
 
@@ -29,7 +29,7 @@ use crate::{
     clock,
     config::Config,
     conn::{ConnRecord, ConnTable, Limits},
-    export::{self, Sink, otlp, stdout},
+    export::{self, Outlet, Sink, otlp, stdout},
     k8s, loader,
     metrics::{self, Metrics},
     process::Processes,
@@ -68,7 +68,8 @@ fn check_pids(config: &Config) -> Result<()> {
 /// sized for one process; this queue takes a whole host's spans, handed over a ring wake-up's
 /// worth at a time (up to ~1000 at 20k requests/s, `agent_common::WAKEUP_BYTES`), so 2048 left
 /// room for two bursts and dropped spans whenever the export task missed a turn on a busy CPU.
-/// A queued span is under 1 KiB: 8 MiB when full.
+/// Exported over OTLP, a queued span is its encoding, ~450 bytes (4 MiB when full); printed, a
+/// `Span` under 1 KiB.
 const DEFAULT_QUEUE_SIZE: usize = 8192;
 
 fn queue_size() -> usize {
@@ -211,12 +212,12 @@ pub async fn run(config: Config) -> Result<()> {
     let sampler = Sampler::from_env();
     debug!(?sampler, "sampler");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (span_tx, span_rx) = mpsc::channel::<Span>(queue_size());
+    let (outlet, export) = export::start(sink, queue_size(), stats.clone());
 
     let process = tokio::spawn(process_loop(
         Capture::new(ring, wakeup_window)?,
         stop_rx,
-        span_tx.clone(),
+        outlet,
         Stages {
             tracker,
             processes,
@@ -230,7 +231,6 @@ pub async fn run(config: Config) -> Result<()> {
         },
         stats.clone(),
     ));
-    let export = tokio::spawn(export::run(sink, span_rx, stats.clone()));
     let (metrics_stop_tx, metrics_stop_rx) = watch::channel(false);
     let metrics_export =
         metrics_export.map(|e| tokio::spawn(e.run(stats.clone(), metrics_stop_rx)));
@@ -256,16 +256,11 @@ pub async fn run(config: Config) -> Result<()> {
                 if let Ok(k) = loader::sum_counters(&counter_map) {
                     stats.set_kernel(&k);
                 }
-                stats.set(
-                    &stats.gauges.spans_queue_depth,
-                    (span_tx.max_capacity() - span_tx.capacity()) as u64,
-                );
             }
             _ = report.tick() => log_losses(&stats),
         }
     }
     info!("stopping: detaching programs and flushing spans");
-    drop(span_tx);
 
     // Detach: no new events after this point.
     tokio::task::spawn_blocking(move || attacher.stop())
@@ -391,7 +386,7 @@ impl Work {
 async fn process_loop(
     mut capture: Capture,
     mut stop: watch::Receiver<bool>,
-    tx: mpsc::Sender<Span>,
+    mut outlet: Outlet,
     mut st: Stages,
     stats: Arc<Stats>,
 ) {
@@ -411,6 +406,10 @@ async fn process_loop(
     // nothing.
     let mut link_tick = tokio::time::interval(Duration::from_millis(100));
     link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A batch of exported spans that is not full yet leaves every `OTEL_BSP_SCHEDULE_DELAY`.
+    let flush_every = outlet.flush_every();
+    let mut flush = tokio::time::interval(flush_every.unwrap_or(Duration::from_secs(1)));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
     loop {
         let waiting = st.linker.waiting();
@@ -433,7 +432,9 @@ async fn process_loop(
                 stats.set(&stats.gauges.connections, work.table.len() as u64);
                 stats.set(&stats.gauges.requests_in_flight, st.linker.tracked() as u64);
                 stats.set(&stats.gauges.processes_traced, st.tracker.traced().count() as u64);
+                stats.set(&stats.gauges.spans_queue_depth, outlet.queued());
             }
+            _ = flush.tick(), if flush_every.is_some() => outlet.flush(&stats),
             _ = sweep.tick() => {
                 let cutoff = clock::monotonic_ns().saturating_sub(IDLE.as_nanos() as u64);
                 let gone = work.table.expire(cutoff, alive, &stats, &mut work.records);
@@ -442,7 +443,7 @@ async fn process_loop(
             _ = stop.changed() => break,
         }
         work.link(&mut st, &stats);
-        emit(&mut work.spans, &tx, &stats, &st.observers);
+        emit(&mut work.spans, &mut outlet, &stats, &st.observers);
         for (key, bits) in work.table.take_ignored() {
             st.conns.ignore(key.tgid, key.fd, key.sock, bits);
         }
@@ -458,15 +459,10 @@ async fn process_loop(
     work.table.close_all(&stats, &mut work.records);
     work.link(&mut st, &stats);
     st.linker.flush(&mut st.processes, &stats, &mut work.spans);
-    // At shutdown, wait for room rather than drop: these requests finished before the signal.
     let now = Instant::now();
-    for span in work.spans.drain(..) {
-        if let Some(span) = keep(span, &stats, &st.observers, now)
-            && tx.send(span).await.is_err()
-        {
-            stats.inc(&stats.spans_dropped_queue);
-        }
-    }
+    let last = work.spans.drain(..);
+    let kept = last.filter_map(|span| keep(span, &stats, &st.observers, now));
+    outlet.close(kept.collect(), &stats).await;
 }
 
 /// A process forked, exec'd, exited or was selected by port. Returns the pid of a process that
@@ -517,15 +513,13 @@ fn keep(span: Span, stats: &Stats, observers: &Observers, now: Instant) -> Optio
     }
 }
 
-/// Queues sampled spans for export; a full queue drops (and counts) rather than stall event
-/// processing.
-fn emit(spans: &mut Vec<Span>, tx: &mpsc::Sender<Span>, stats: &Stats, observers: &Observers) {
+/// Queues sampled spans for export (a full queue drops and counts them rather than stall event
+/// processing).
+fn emit(spans: &mut Vec<Span>, outlet: &mut Outlet, stats: &Stats, observers: &Observers) {
     let now = Instant::now();
     for span in spans.drain(..) {
-        if let Some(span) = keep(span, stats, observers, now)
-            && tx.try_send(span).is_err()
-        {
-            stats.inc(&stats.spans_dropped_queue);
+        if let Some(span) = keep(span, stats, observers, now) {
+            outlet.push(span, stats);
         }
     }
 }

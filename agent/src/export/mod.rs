@@ -1,18 +1,29 @@
 //! The last stage: spans leave the agent, printed on stdout (no endpoint configured) or sent over
-//! OTLP. Spans arrive through a bounded channel; the sender counts what it could not queue.
+//! OTLP. The process loop hands its spans to an [`Outlet`]: for the terminal, a bounded channel
+//! of spans to the printing task; for OTLP, a [`batch::Batcher`] that encodes each span at once
+//! and a bounded channel of whole requests to the sending task. Whatever cannot be queued is
+//! counted (`spans_dropped_queue`).
 
+pub mod batch;
 pub mod endpoint;
 pub mod otlp;
 pub mod proto;
 pub mod stdout;
 pub mod transport;
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Result;
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{stats::Stats, trace::Span};
+use batch::{Batch, Batcher};
 
 /// Where spans go.
 pub enum Sink {
@@ -20,10 +31,208 @@ pub enum Sink {
     Otlp(otlp::Config),
 }
 
-/// Runs until the channel closes, then flushes everything still held.
-pub async fn run(sink: Sink, rx: mpsc::Receiver<Span>, stats: Arc<Stats>) -> Result<()> {
+/// The process loop's end of the export stage.
+pub enum Outlet {
+    Print(mpsc::Sender<Span>),
+    Otlp {
+        /// Boxed: the terminal's variant is a single pointer.
+        batcher: Box<Batcher>,
+        tx: mpsc::Sender<Batch>,
+        delay: Duration,
+        /// Spans in the channel's requests (the sending task subtracts what it takes).
+        queued: Arc<AtomicU64>,
+    },
+}
+
+/// Starts the task that prints or sends spans, and returns the loop's end of it. At most
+/// `queue_size` spans wait (in requests of up to a batch each, for OTLP). The task ends once the
+/// outlet is closed and everything queued has been printed or sent.
+pub fn start(sink: Sink, queue_size: usize, stats: Arc<Stats>) -> (Outlet, JoinHandle<Result<()>>) {
     match sink {
-        Sink::Stdout(format) => stdout::run(format, rx, stats).await,
-        Sink::Otlp(config) => otlp::run(config, rx, stats).await,
+        Sink::Stdout(format) => {
+            let (tx, rx) = mpsc::channel(queue_size.max(1));
+            let task = tokio::spawn(stdout::run(format, rx, stats));
+            (Outlet::Print(tx), task)
+        }
+        Sink::Otlp(config) => {
+            let batches = queue_size.div_ceil(config.batch_size).max(1);
+            let (tx, rx) = mpsc::channel(batches);
+            let batcher = Box::new(Batcher::new(
+                config.batch_size,
+                config.prefix_len(),
+                config.max_resources,
+            ));
+            let delay = config.batch_delay;
+            let queued = Arc::new(AtomicU64::new(0));
+            let task = tokio::spawn(otlp::run(config, rx, queued.clone(), stats));
+            let outlet = Outlet::Otlp {
+                batcher,
+                tx,
+                delay,
+                queued,
+            };
+            (outlet, task)
+        }
+    }
+}
+
+impl Outlet {
+    /// Queues one sampled span; a full queue drops (and counts) rather than stall the loop.
+    pub fn push(&mut self, span: Span, stats: &Stats) {
+        match self {
+            Outlet::Print(tx) => {
+                if tx.try_send(span).is_err() {
+                    stats.inc(&stats.spans_dropped_queue);
+                }
+            }
+            Outlet::Otlp {
+                batcher,
+                tx,
+                queued,
+                ..
+            } => {
+                if let Some(batch) = batcher.push(span) {
+                    queue(tx, queued, batch, stats);
+                }
+            }
+        }
+    }
+
+    /// How often the loop should call `flush`: OTLP's `OTEL_BSP_SCHEDULE_DELAY`; never for the
+    /// terminal, where each span is queued as it comes.
+    pub fn flush_every(&self) -> Option<Duration> {
+        match self {
+            Outlet::Print(_) => None,
+            Outlet::Otlp { delay, .. } => Some(*delay),
+        }
+    }
+
+    /// Queues the spans of a batch that is not full yet.
+    pub fn flush(&mut self, stats: &Stats) {
+        if let Outlet::Otlp {
+            batcher,
+            tx,
+            queued,
+            ..
+        } = self
+            && let Some(batch) = batcher.take()
+        {
+            queue(tx, queued, batch, stats);
+        }
+    }
+
+    /// Spans waiting for export.
+    pub fn queued(&self) -> u64 {
+        match self {
+            Outlet::Print(tx) => (tx.max_capacity() - tx.capacity()) as u64,
+            Outlet::Otlp {
+                batcher, queued, ..
+            } => queued.load(Ordering::Relaxed) + batcher.pending() as u64,
+        }
+    }
+
+    /// At shutdown: queues `spans` and what is pending, waiting for room rather than dropping
+    /// (these requests finished before the signal), then closes the channel.
+    pub async fn close(mut self, spans: Vec<Span>, stats: &Stats) {
+        match &mut self {
+            Outlet::Print(tx) => {
+                for span in spans {
+                    if tx.send(span).await.is_err() {
+                        stats.inc(&stats.spans_dropped_queue);
+                    }
+                }
+            }
+            Outlet::Otlp {
+                batcher,
+                tx,
+                queued,
+                ..
+            } => {
+                for span in spans {
+                    if let Some(batch) = batcher.push(span) {
+                        queue_waiting(tx, queued, batch, stats).await;
+                    }
+                }
+                if let Some(batch) = batcher.take() {
+                    queue_waiting(tx, queued, batch, stats).await;
+                }
+            }
+        }
+    }
+}
+
+/// Hands a request to the sending task, waiting for room (at shutdown).
+async fn queue_waiting(tx: &mpsc::Sender<Batch>, queued: &AtomicU64, batch: Batch, stats: &Stats) {
+    let n = batch.spans;
+    queued.fetch_add(n, Ordering::Relaxed);
+    if tx.send(batch).await.is_err() {
+        queued.fetch_sub(n, Ordering::Relaxed);
+        stats.add(&stats.spans_dropped_queue, n);
+    }
+}
+
+/// Hands a request to the sending task, or counts its spans as dropped when its queue is full.
+fn queue(tx: &mpsc::Sender<Batch>, queued: &AtomicU64, batch: Batch, stats: &Stats) {
+    let n = batch.spans;
+    queued.fetch_add(n, Ordering::Relaxed);
+    if tx.try_send(batch).is_err() {
+        queued.fetch_sub(n, Ordering::Relaxed);
+        stats.add(&stats.spans_dropped_queue, n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::tests::{process, server};
+
+    /// An OTLP outlet of `batch` spans a request and room for one request, with the receiving
+    /// end of its queue.
+    fn otlp(batch: usize) -> (Outlet, mpsc::Receiver<Batch>) {
+        let (tx, rx) = mpsc::channel(1);
+        let outlet = Outlet::Otlp {
+            batcher: Box::new(Batcher::new(batch, 0, 8)),
+            tx,
+            delay: Duration::from_secs(5),
+            queued: Arc::new(AtomicU64::new(0)),
+        };
+        (outlet, rx)
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_counts_the_spans_of_the_request_it_drops() {
+        let stats = Stats::default();
+        let p = process(3, "api");
+        let (mut outlet, mut rx) = otlp(2);
+        for i in 0..5 {
+            outlet.push(server(&p, i, "/", 200), &stats);
+        }
+        // The first request is queued, the second had no room, the fifth span waits.
+        assert_eq!(stats.spans_dropped_queue.load(Ordering::Relaxed), 2);
+        assert_eq!(outlet.queued(), 2 + 1);
+        assert_eq!(rx.recv().await.expect("queued").spans, 2);
+
+        outlet.flush(&stats);
+        assert_eq!(rx.recv().await.expect("flushed").spans, 1);
+        outlet.flush(&stats);
+        assert!(rx.try_recv().is_err(), "nothing pending: nothing sent");
+    }
+
+    #[tokio::test]
+    async fn closing_waits_for_room_and_sends_everything() {
+        let stats = Stats::default();
+        let p = process(3, "api");
+        let (outlet, mut rx) = otlp(2);
+        let last: Vec<_> = (0..5).map(|i| server(&p, i, "/", 200)).collect();
+        let reader = tokio::spawn(async move {
+            let mut sizes = Vec::new();
+            while let Some(b) = rx.recv().await {
+                sizes.push(b.spans);
+            }
+            sizes
+        });
+        outlet.close(last, &stats).await;
+        assert_eq!(reader.await.expect("reader"), [2, 2, 1]);
+        assert_eq!(stats.spans_dropped_queue.load(Ordering::Relaxed), 0);
     }
 }

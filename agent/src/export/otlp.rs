@@ -2,26 +2,31 @@
 //! `OTEL_EXPORTER_OTLP_*` variables (or `--otlp-endpoint`).
 //!
 //! One agent traces many processes, and each is its own OpenTelemetry resource (service.name,
-//! process.pid, ...). A batch becomes one `ExportTraceServiceRequest` with a `ResourceSpans` per
-//! process, encoded straight from the agent's spans (`proto`) with each process's resource
-//! encoded once and kept (bounded), and sent by `transport`. Batching follows
-//! `OTEL_BSP_SCHEDULE_DELAY` and `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
+//! process.pid, ...): a batch is one `ExportTraceServiceRequest` with a `ResourceSpans` per
+//! process. The process loop encodes the requests (`batch`, following `OTEL_BSP_SCHEDULE_DELAY`
+//! and `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`); the task here sends them with `transport`.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Result;
-use opentelemetry::{KeyValue, trace::TraceState};
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
-use smol_str::SmolStr;
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinSet};
 use tracing::warn;
 
 use super::{
+    batch::Batch,
     endpoint::{Signal, Target, env_number},
-    proto::{self, AnyValue, Writer},
-    transport::Transport,
+    proto::AnyValue,
+    transport::{self, Transport},
 };
-use crate::{process::ProcessInfo, stats::Stats, trace::Span};
+use crate::{process::ProcessInfo, stats::Stats};
 
 /// Resolved OTLP trace settings.
 #[derive(Debug, Clone)]
@@ -54,6 +59,11 @@ impl Config {
     /// A description for the start-up log.
     pub fn describe(&self) -> String {
         self.target.describe()
+    }
+
+    /// Bytes the transport needs in front of each encoded request.
+    pub fn prefix_len(&self) -> usize {
+        transport::prefix_len(self.target.protocol)
     }
 
     /// Fails early, at start-up, on a configuration the exporter refuses.
@@ -112,91 +122,23 @@ pub fn resource(p: &ProcessInfo) -> Resource {
 /// Batches exported at once: one round trip at a time cannot keep up with a busy host.
 const IN_FLIGHT: usize = 4;
 
-/// Encodes batches of spans as `ExportTraceServiceRequest` bodies, keeping each process's
-/// encoded resource (bounded). Apart from the exporter so that `benches/pipeline.rs` measures
-/// exactly this work.
-pub struct Encoder {
-    max_resources: usize,
-    resources: HashMap<u32, (Arc<ProcessInfo>, Arc<[u8]>)>,
-    /// Encoded bytes per span in the last batch, with some room: the next batch's buffer is
-    /// allocated at its expected size once rather than grown (and copied) as it fills.
-    span_bytes: usize,
-}
-
-impl Encoder {
-    /// Keeps the encoded resources of at most `max_resources` processes.
-    pub fn new(max_resources: usize) -> Self {
-        Encoder {
-            max_resources,
-            resources: HashMap::new(),
-            span_bytes: 512,
-        }
-    }
-
-    /// The encoded resource of a process (encoded again when the pid now names another one).
-    fn resource(&mut self, p: &Arc<ProcessInfo>) -> Arc<[u8]> {
-        if let Some((known, bytes)) = self.resources.get(&p.pid)
-            && known == p
-        {
-            return bytes.clone();
-        }
-        if self.resources.len() >= self.max_resources {
-            self.resources.clear(); // bounded: encoding one again is cheap
-        }
-        let bytes: Arc<[u8]> = proto::resource(resource_attributes(p)).into();
-        self.resources.insert(p.pid, (p.clone(), bytes.clone()));
-        bytes
-    }
-
-    /// Encodes `spans` (and empties it) as one request, a `ResourceSpans` per process, after
-    /// `prefix` bytes left for the transport's framing.
-    pub fn encode(&mut self, spans: &mut Vec<Span>, prefix: usize) -> Vec<u8> {
-        let n = spans.len();
-        spans.sort_by_key(|s| s.process.pid);
-        let mut w = Writer {
-            buf: Vec::with_capacity(prefix + n * self.span_bytes),
-        };
-        w.buf.resize(prefix, 0);
-        for group in spans.chunk_by_mut(|a, b| a.process.pid == b.process.pid) {
-            let resource = self.resource(&group[0].process);
-            for s in group.iter_mut() {
-                sanitize_trace_state(s);
-            }
-            proto::resource_spans(&mut w, &resource, group.iter());
-        }
-        spans.clear();
-        self.span_bytes = (w.buf.len() / n.max(1)).clamp(64, 16 * 1024) * 9 / 8;
-        w.buf
-    }
-}
-
-/// The transport, the encoder, and the exports in flight.
-struct Exporter {
-    transport: Transport,
-    encoder: Encoder,
-    in_flight: tokio::task::JoinSet<()>,
-}
-
-impl Exporter {
-    /// Waits until fewer than `limit` exports are in flight.
-    async fn settle(&mut self, limit: usize) {
-        while self.in_flight.len() >= limit.max(1) {
-            if self.in_flight.join_next().await.is_none() {
-                break;
-            }
-        }
-    }
-
-    /// Encodes `spans` as one request, a `ResourceSpans` per process, and sends it.
-    async fn export(&mut self, spans: &mut Vec<Span>, stats: &Arc<Stats>) {
-        let n = spans.len() as u64;
-        let buf = self.encoder.encode(spans, self.transport.prefix_len());
-        self.settle(IN_FLIGHT).await;
-        let transport = self.transport.clone();
+/// Sends the requests the process loop's `Batcher` made until the channel closes, up to
+/// `IN_FLIGHT` at once; then waits for the last of them.
+pub async fn run(
+    config: Config,
+    mut rx: mpsc::Receiver<Batch>,
+    queued: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+) -> Result<()> {
+    let transport = Transport::new(&config.target)?;
+    let mut in_flight = JoinSet::new();
+    while let Some(Batch { body, spans: n }) = rx.recv().await {
+        queued.fetch_sub(n, Ordering::Relaxed);
+        settle(&mut in_flight, IN_FLIGHT).await;
+        let transport = transport.clone();
         let stats = stats.clone();
-        let body = self.transport.seal(buf);
-        self.in_flight.spawn(async move {
-            match transport.send(body).await {
+        in_flight.spawn(async move {
+            match transport.send(transport.seal(body)).await {
                 Ok(outcome) => {
                     let rejected = outcome.rejected.min(n);
                     stats.add(&stats.spans_exported, n - rejected);
@@ -212,45 +154,15 @@ impl Exporter {
             }
         });
     }
+    settle(&mut in_flight, 1).await;
+    Ok(())
 }
 
-/// A `tracestate` that does not parse (it came from the wire) is dropped rather than sent on.
-fn sanitize_trace_state(s: &mut Span) {
-    if !s.trace_state.is_empty() && s.trace_state.parse::<TraceState>().is_err() {
-        s.trace_state = SmolStr::default();
-    }
-}
-
-/// Batches spans and exports them until the channel closes; then exports the rest.
-pub async fn run(config: Config, mut rx: mpsc::Receiver<Span>, stats: Arc<Stats>) -> Result<()> {
-    let mut exporters = Exporter {
-        transport: Transport::new(&config.target)?,
-        encoder: Encoder::new(config.max_resources),
-        in_flight: tokio::task::JoinSet::new(),
-    };
-    let mut pending: Vec<Span> = Vec::with_capacity(config.batch_size);
-    let mut tick = tokio::time::interval(config.batch_delay);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            n = rx.recv_many(&mut pending, config.batch_size) => {
-                if n == 0 {
-                    break;
-                }
-                if pending.len() >= config.batch_size {
-                    exporters.export(&mut pending, &stats).await;
-                }
-            }
-            _ = tick.tick() => {
-                if !pending.is_empty() {
-                    exporters.export(&mut pending, &stats).await;
-                }
-            }
+/// Waits until fewer than `limit` exports are in flight.
+async fn settle(in_flight: &mut JoinSet<()>, limit: usize) {
+    while in_flight.len() >= limit.max(1) {
+        if in_flight.join_next().await.is_none() {
+            break;
         }
     }
-    if !pending.is_empty() {
-        exporters.export(&mut pending, &stats).await;
-    }
-    exporters.settle(1).await;
-    Ok(())
 }

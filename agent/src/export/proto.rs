@@ -88,10 +88,22 @@ impl Writer {
     /// 16 KiB) takes 2, a batch 3. When the guess holds, the body is written once and never
     /// moved; otherwise it is shifted to fit the prefix (the encoding stays minimal).
     fn message_sized(&mut self, field: u32, reserve: usize, body: impl FnOnce(&mut Self)) {
+        let at = self.open(field, reserve);
+        body(self);
+        self.close(at, reserve);
+    }
+
+    /// Starts a message whose body is written by later calls, `reserve` bytes left for its
+    /// length; returns where they are, for `close`.
+    pub fn open(&mut self, field: u32, reserve: usize) -> usize {
         self.tag(field, LEN);
         let at = self.buf.len();
         self.buf.resize(at + reserve, 0);
-        body(self);
+        at
+    }
+
+    /// Ends the message `open` started at `at`: everything written since is its body.
+    pub fn close(&mut self, at: usize, reserve: usize) {
         let end = self.buf.len();
         let len = end - at - reserve;
         let n = varint_len(len as u64);
@@ -254,20 +266,45 @@ pub fn span(w: &mut Writer, field: u32, s: &Span) {
 }
 
 /// Appends one `ResourceSpans` (field 1 of `ExportTraceServiceRequest`): a process's encoded
-/// resource, the agent as instrumentation scope, and its spans.
-pub fn resource_spans<'a>(w: &mut Writer, resource: &[u8], spans: impl Iterator<Item = &'a Span>) {
-    w.message_sized(1, 3, |w| {
+/// resource, the agent as instrumentation scope, and its spans, which `spans` writes as `Span`
+/// messages in field 2 of the `ScopeSpans` (`span`).
+pub fn resource_spans(w: &mut Writer, resource: &[u8], spans: impl FnOnce(&mut Writer)) {
+    let open = OpenResourceSpans::start(w, resource);
+    spans(w);
+    open.finish(w);
+}
+
+/// A `ResourceSpans` whose spans are still being appended (`span` with field 2), one by one.
+#[derive(Debug)]
+pub struct OpenResourceSpans {
+    resource_spans: usize,
+    scope_spans: usize,
+}
+
+impl OpenResourceSpans {
+    /// Length prefixes reserved: a batch's spans take 16 KiB to 2 MiB, three bytes.
+    const RESERVE: usize = 3;
+
+    /// Writes the message's head: the resource, and the agent as instrumentation scope.
+    pub fn start(w: &mut Writer, resource: &[u8]) -> Self {
+        let resource_spans = w.open(1, Self::RESERVE);
         w.bytes(1, resource);
-        w.message_sized(2, 3, |w| {
-            w.message(1, |w| {
-                w.bytes(1, env!("CARGO_PKG_NAME").as_bytes());
-                w.bytes(2, env!("CARGO_PKG_VERSION").as_bytes());
-            });
-            for s in spans {
-                span(w, 2, s);
-            }
+        let scope_spans = w.open(2, Self::RESERVE);
+        w.message(1, |w| {
+            w.bytes(1, env!("CARGO_PKG_NAME").as_bytes());
+            w.bytes(2, env!("CARGO_PKG_VERSION").as_bytes());
         });
-    });
+        OpenResourceSpans {
+            resource_spans,
+            scope_spans,
+        }
+    }
+
+    /// Ends the message after the spans written since `start`.
+    pub fn finish(self, w: &mut Writer) {
+        w.close(self.scope_spans, Self::RESERVE);
+        w.close(self.resource_spans, Self::RESERVE);
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,10 @@ fn spans_decode_with_every_field() {
         ("process.pid", AnyValue::Int(7)),
     ]);
     let mut w = Writer::default();
-    resource_spans(&mut w, &res, [&parent, &child].into_iter());
+    resource_spans(&mut w, &res, |w| {
+        span(w, 2, &parent);
+        span(w, 2, &child);
+    });
     let req = decode(w);
 
     assert_eq!(req.resource_spans.len(), 1);
@@ -99,8 +102,10 @@ fn long_values_and_large_batches_get_multi_byte_lengths() {
         spans.push(s);
     }
     let mut w = Writer::default();
-    resource_spans(&mut w, &resource([]), spans.iter());
-    resource_spans(&mut w, &resource([]), spans[..1].iter());
+    resource_spans(&mut w, &resource([]), |w| {
+        spans.iter().for_each(|s| span(w, 2, s))
+    });
+    resource_spans(&mut w, &resource([]), |w| span(w, 2, &spans[0]));
     let bytes = w.buf.clone();
     let req = decode(w);
     // Length prefixes written ahead of their messages (one, two or three bytes guessed, then

@@ -3,7 +3,7 @@
 //! the standard variables (`endpoint::Target`); a collector that is busy or briefly away gets the
 //! request again, twice, with a short backoff.
 //!
-//! The gRPC call is framed here rather than by tonic's codec: the exporter leaves room for the
+//! The gRPC call is framed here rather than by tonic's codec: the batcher leaves room for the
 //! 5-byte message prefix in front of the request it encodes (`prefix_len`), `seal` fills it in,
 //! and the body goes to the channel as it is. Tonic's codec would copy every request into its
 //! own buffer, a copy of each exported byte.
@@ -66,6 +66,14 @@ pub enum Transport {
     },
 }
 
+/// Bytes to leave in front of an encoded request for `Transport::seal` (gRPC's message prefix).
+pub fn prefix_len(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Grpc => GRPC_PREFIX,
+        Protocol::HttpProtobuf => 0,
+    }
+}
+
 impl Transport {
     /// Checks the configuration; connections are made on first use.
     pub fn new(target: &Target) -> Result<Self> {
@@ -101,14 +109,6 @@ impl Transport {
                 }
             }
         })
-    }
-
-    /// Bytes to leave in front of an encoded request for `seal` (gRPC's message prefix).
-    pub fn prefix_len(&self) -> usize {
-        match self {
-            Transport::Grpc { .. } => GRPC_PREFIX,
-            Transport::Http { .. } => 0,
-        }
     }
 
     /// The body to send: `buf` is `prefix_len` reserved bytes and the encoded request.
@@ -362,14 +362,14 @@ mod tests {
             .unwrap()
         };
         let grpc = transport(Protocol::Grpc);
-        let mut buf = vec![0xff; grpc.prefix_len()];
+        let mut buf = vec![0xff; prefix_len(Protocol::Grpc)];
         buf.extend_from_slice(&[7; 300]);
         let body = grpc.seal(buf);
         assert_eq!(&body[..5], &[0, 0, 0, 1, 44], "uncompressed, 300 bytes");
         assert_eq!(&body[5..], &[7; 300]);
 
         let http = transport(Protocol::HttpProtobuf);
-        assert_eq!(http.prefix_len(), 0);
+        assert_eq!(prefix_len(Protocol::HttpProtobuf), 0);
         assert_eq!(&http.seal(vec![7; 3])[..], &[7, 7, 7]);
     }
 }
