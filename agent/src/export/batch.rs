@@ -32,6 +32,8 @@ struct Open {
     body: Writer,
     process: Arc<ProcessInfo>,
     resource_spans: OpenResourceSpans,
+    /// Where its first span starts.
+    spans_from: usize,
 }
 
 /// Consecutive spans of one other process in `Batcher::others_encoded`.
@@ -64,8 +66,10 @@ pub struct Batcher {
     others_encoded: Writer,
     runs: Vec<Run>,
     spans: usize,
-    /// Encoded bytes per span in the last batch, with some room: a request's buffer is
-    /// allocated once at its expected size rather than grown (and copied) as it fills.
+    /// The size of the last batch: spans, and encoded bytes per span with some room. A
+    /// request's buffer is allocated at the size the last one reached rather than grown (and
+    /// copied) as it fills, and a quiet host's requests of a few spans stay small.
+    last_spans: usize,
     span_bytes: usize,
 }
 
@@ -83,6 +87,7 @@ impl Batcher {
             others_encoded: Writer::default(),
             runs: Vec::new(),
             spans: 0,
+            last_spans: 16,
             span_bytes: 512,
         }
     }
@@ -125,8 +130,10 @@ impl Batcher {
         let Open {
             mut body,
             resource_spans,
+            spans_from,
             ..
         } = self.open.take()?;
+        let span_total = body.buf.len() - spans_from + self.others_encoded.buf.len();
         resource_spans.finish(&mut body);
         // Spans of a process stay in the order they were made.
         self.runs.sort_by_key(|r| r.group);
@@ -140,7 +147,8 @@ impl Batcher {
             });
         }
         let spans = std::mem::take(&mut self.spans);
-        self.span_bytes = (body.buf.len() / spans.max(1)).clamp(64, 16 * 1024) * 9 / 8;
+        self.last_spans = spans;
+        self.span_bytes = (span_total / spans.max(1)).clamp(64, 16 * 1024) * 9 / 8;
         self.others_encoded.buf.clear();
         self.runs.clear();
         self.others.clear();
@@ -154,11 +162,14 @@ impl Batcher {
     fn start(&mut self, process: &Arc<ProcessInfo>) -> Open {
         let resource = self.resource(process);
         let mut body = Writer {
-            buf: Vec::with_capacity(self.prefix + self.batch_size * self.span_bytes),
+            buf: Vec::with_capacity(
+                self.prefix + resource.len() + 64 + self.last_spans * self.span_bytes,
+            ),
         };
         body.buf.resize(self.prefix, 0);
         let resource_spans = OpenResourceSpans::start(&mut body, &resource);
         Open {
+            spans_from: body.buf.len(),
             body,
             process: process.clone(),
             resource_spans,

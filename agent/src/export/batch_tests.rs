@@ -166,3 +166,27 @@ fn length_prefixes_are_minimal_whatever_the_size() {
         assert_eq!(spans, n);
     }
 }
+
+/// A request's buffer is allocated at the size the last request reached: a quiet host's
+/// requests of a span or two stay small, a busy host's full ones are not grown as they fill.
+#[test]
+fn a_request_buffer_is_sized_by_the_last_request() {
+    let p = process(7, "api");
+    let mut batcher = Batcher::new(64, PREFIX, 8);
+    let capacity = |b: &Batcher| b.open.as_ref().expect("open").body.buf.capacity();
+    for i in 0..64 {
+        batcher.push(server(&p, i, "/", 200));
+    }
+    batcher.push(server(&p, 1, "/", 200));
+    let after_full = capacity(&batcher);
+    let one = batcher.take().expect("pending");
+    assert_eq!(one.spans, 1);
+    batcher.push(server(&p, 2, "/", 200));
+    let after_one = capacity(&batcher);
+    // Each span here encodes to over 100 bytes.
+    assert!(after_full >= 64 * 100, "{after_full}");
+    assert!(
+        after_one < after_full / 8,
+        "{after_one} against {after_full}"
+    );
+}
