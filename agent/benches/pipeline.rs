@@ -198,7 +198,8 @@ fn run(stage: Stage, records: &[Vec<u8>]) -> (f64, u64) {
         for rec in recs.drain(..) {
             linker.record(rec, &mut processes, &stats, &mut spans);
         }
-        for span in spans.drain(..) {
+        // As the agent's loop does: spans are read where they are, then dropped in place.
+        for span in spans.iter_mut() {
             made += 1;
             if made.is_multiple_of(BATCH as u64) {
                 // The agent reads its clocks once per batch of records.
@@ -206,14 +207,15 @@ fn run(stage: Stage, records: &[Vec<u8>]) -> (f64, u64) {
                 now = Instant::now();
             }
             if stage >= Stage::Metrics {
-                metrics.observe(&span, now);
+                metrics.observe(span, now);
             }
             if stage == Stage::Export {
                 black_box(batcher.push(span));
             } else {
-                black_box(span);
+                black_box(&*span);
             }
         }
+        spans.clear();
     }
     black_box(batcher.take());
     let ns = began.elapsed().as_nanos() as f64 / f64::from(REQUESTS);

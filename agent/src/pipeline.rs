@@ -459,10 +459,8 @@ async fn process_loop(
     work.table.close_all(&stats, &mut work.records);
     work.link(&mut st, &stats);
     st.linker.flush(&mut st.processes, &stats, &mut work.spans);
-    let now = Instant::now();
-    let last = work.spans.drain(..);
-    let kept = last.filter_map(|span| keep(span, &stats, &st.observers, now));
-    outlet.close(kept.collect(), &stats).await;
+    observe(&work.spans, &stats, &st.observers);
+    outlet.close(work.spans, &stats).await;
 }
 
 /// A process forked, exec'd, exited or was selected by port. Returns the pid of a process that
@@ -501,25 +499,21 @@ fn on_process(
     }
 }
 
-/// Counts and measures a span, then applies the sampler's decision.
-fn keep(span: Span, stats: &Stats, observers: &Observers, now: Instant) -> Option<Span> {
-    stats.inc(&stats.spans_created);
-    observers.observe(&span, now);
-    if span.sampled {
-        Some(span)
-    } else {
-        stats.inc(&stats.spans_unsampled);
-        None
+/// Counts and measures spans, sampled or not.
+fn observe(spans: &[Span], stats: &Stats, observers: &Observers) {
+    let now = Instant::now();
+    for span in spans {
+        stats.inc(&stats.spans_created);
+        observers.observe(span, now);
+        if !span.sampled {
+            stats.inc(&stats.spans_unsampled);
+        }
     }
 }
 
-/// Queues sampled spans for export (a full queue drops and counts them rather than stall event
-/// processing).
+/// Measures the spans, then queues the sampled ones for export and empties `spans` (a full
+/// queue drops and counts them rather than stall event processing).
 fn emit(spans: &mut Vec<Span>, outlet: &mut Outlet, stats: &Stats, observers: &Observers) {
-    let now = Instant::now();
-    for span in spans.drain(..) {
-        if let Some(span) = keep(span, stats, observers, now) {
-            outlet.push(span, stats);
-        }
-    }
+    observe(spans, stats, observers);
+    outlet.push(spans, stats);
 }

@@ -98,19 +98,19 @@ impl Batcher {
     }
 
     /// Encodes one span; returns the request when it completes a batch.
-    pub fn push(&mut self, mut span: Span) -> Option<Batch> {
-        sanitize_trace_state(&mut span);
+    pub fn push(&mut self, span: &mut Span) -> Option<Batch> {
+        sanitize_trace_state(span);
         let open = match self.open.take() {
             Some(open) => open,
             None => self.start(&span.process),
         };
         let open = self.open.insert(open);
         if Arc::ptr_eq(&open.process, &span.process) {
-            proto::span(&mut open.body, 2, &span);
+            proto::span(&mut open.body, 2, span);
         } else {
             let group = self.other(&span.process);
             let start = self.others_encoded.buf.len();
-            proto::span(&mut self.others_encoded, 2, &span);
+            proto::span(&mut self.others_encoded, 2, span);
             let end = self.others_encoded.buf.len();
             match self.runs.last_mut() {
                 Some(run) if run.group == group => run.end = end,

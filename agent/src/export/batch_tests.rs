@@ -49,11 +49,11 @@ fn a_full_batch_is_one_request_grouped_by_process_in_order() {
         client(&b, 3, "db", 5432),
         server(&a, 4, "/", 200),
     ];
-    for s in spans {
-        assert!(batcher.push(s).is_none(), "not full yet");
+    for mut s in spans {
+        assert!(batcher.push(&mut s).is_none(), "not full yet");
     }
     assert_eq!(batcher.pending(), 4);
-    let batch = batcher.push(client(&b, 5, "db", 5432)).expect("full");
+    let batch = batcher.push(&mut client(&b, 5, "db", 5432)).expect("full");
     assert_eq!(batch.spans, 5);
     assert_eq!(batcher.pending(), 0);
     let req = decode(&batch);
@@ -73,12 +73,12 @@ fn take_sends_what_is_pending_and_nothing_when_empty() {
     let p = process(7, "api");
     let mut batcher = Batcher::new(512, PREFIX, 8);
     assert!(batcher.take().is_none());
-    batcher.push(server(&p, 1, "/a", 200));
+    batcher.push(&mut server(&p, 1, "/a", 200));
     let first = batcher.take().expect("one span pending");
     assert_eq!(first.spans, 1);
     assert!(batcher.take().is_none(), "taken once");
     // The next request is a request of its own: nothing of the first one is left in it.
-    batcher.push(server(&p, 2, "/b", 503));
+    batcher.push(&mut server(&p, 2, "/b", 503));
     let req = decode(&batcher.take().expect("pending"));
     assert_eq!(layout(&req), [(7, vec![2])]);
     let span = &req.resource_spans[0].scope_spans[0].spans[0];
@@ -90,9 +90,9 @@ fn a_reused_pid_is_another_resource() {
     let old = process(30, "old");
     let new = process(30, "new");
     let mut batcher = Batcher::new(512, PREFIX, 8);
-    batcher.push(server(&old, 1, "/", 200));
-    batcher.push(server(&new, 2, "/", 200));
-    batcher.push(server(&old, 3, "/", 200));
+    batcher.push(&mut server(&old, 1, "/", 200));
+    batcher.push(&mut server(&new, 2, "/", 200));
+    batcher.push(&mut server(&old, 3, "/", 200));
     let req = decode(&batcher.take().expect("pending"));
     let names: Vec<_> = req
         .resource_spans
@@ -118,8 +118,8 @@ fn an_invalid_tracestate_is_left_out_and_a_valid_one_kept() {
     bad.trace_state = "not a tracestate ,,=".into();
     let mut good = server(&p, 2, "/", 200);
     good.trace_state = "vendor=abc".into();
-    batcher.push(bad);
-    batcher.push(good);
+    batcher.push(&mut bad);
+    batcher.push(&mut good);
     let req = decode(&batcher.take().expect("pending"));
     let spans = &req.resource_spans[0].scope_spans[0].spans;
     assert_eq!(spans[0].trace_state, "");
@@ -131,7 +131,7 @@ fn resources_are_bounded_and_encoded_again_when_forgotten() {
     let mut batcher = Batcher::new(512, PREFIX, 2);
     let procs: Vec<_> = (1..=5).map(|pid| process(pid, "svc")).collect();
     for (i, p) in procs.iter().enumerate() {
-        batcher.push(server(p, i as u8, "/", 200));
+        batcher.push(&mut server(p, i as u8, "/", 200));
         assert!(batcher.resources.len() <= 2);
     }
     let req = decode(&batcher.take().expect("pending"));
@@ -153,7 +153,7 @@ fn length_prefixes_are_minimal_whatever_the_size() {
                 s.attributes
                     .push(("url.full", Value::Str(attribute.into())));
             }
-            batcher.push(s);
+            batcher.push(&mut s);
         }
         let batch = batcher.take().expect("pending");
         let req = decode(&batch);
@@ -175,13 +175,13 @@ fn a_request_buffer_is_sized_by_the_last_request() {
     let mut batcher = Batcher::new(64, PREFIX, 8);
     let capacity = |b: &Batcher| b.open.as_ref().expect("open").body.buf.capacity();
     for i in 0..64 {
-        batcher.push(server(&p, i, "/", 200));
+        batcher.push(&mut server(&p, i, "/", 200));
     }
-    batcher.push(server(&p, 1, "/", 200));
+    batcher.push(&mut server(&p, 1, "/", 200));
     let after_full = capacity(&batcher);
     let one = batcher.take().expect("pending");
     assert_eq!(one.spans, 1);
-    batcher.push(server(&p, 2, "/", 200));
+    batcher.push(&mut server(&p, 2, "/", 200));
     let after_one = capacity(&batcher);
     // Each span here encodes to over 100 bytes.
     assert!(after_full >= 64 * 100, "{after_full}");

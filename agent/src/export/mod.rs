@@ -77,12 +77,16 @@ pub fn start(sink: Sink, queue_size: usize, stats: Arc<Stats>) -> (Outlet, JoinH
 }
 
 impl Outlet {
-    /// Queues one sampled span; a full queue drops (and counts) rather than stall the loop.
-    pub fn push(&mut self, span: Span, stats: &Stats) {
+    /// Queues the sampled spans of `spans` and empties it; a full queue drops (and counts)
+    /// rather than stall the loop. Encoded for OTLP, spans are read where they are and dropped
+    /// in place, never moved.
+    pub fn push(&mut self, spans: &mut Vec<Span>, stats: &Stats) {
         match self {
             Outlet::Print(tx) => {
-                if tx.try_send(span).is_err() {
-                    stats.inc(&stats.spans_dropped_queue);
+                for span in spans.drain(..).filter(|s| s.sampled) {
+                    if tx.try_send(span).is_err() {
+                        stats.inc(&stats.spans_dropped_queue);
+                    }
                 }
             }
             Outlet::Otlp {
@@ -91,9 +95,12 @@ impl Outlet {
                 queued,
                 ..
             } => {
-                if let Some(batch) = batcher.push(span) {
-                    queue(tx, queued, batch, stats);
+                for span in spans.iter_mut().filter(|s| s.sampled) {
+                    if let Some(batch) = batcher.push(span) {
+                        queue(tx, queued, batch, stats);
+                    }
                 }
+                spans.clear();
             }
         }
     }
@@ -131,12 +138,13 @@ impl Outlet {
         }
     }
 
-    /// At shutdown: queues `spans` and what is pending, waiting for room rather than dropping
-    /// (these requests finished before the signal), then closes the channel.
-    pub async fn close(mut self, spans: Vec<Span>, stats: &Stats) {
+    /// At shutdown: queues the sampled spans of `spans` and what is pending, waiting for room
+    /// rather than dropping (these requests finished before the signal), then closes the
+    /// channel.
+    pub async fn close(mut self, mut spans: Vec<Span>, stats: &Stats) {
         match &mut self {
             Outlet::Print(tx) => {
-                for span in spans {
+                for span in spans.into_iter().filter(|s| s.sampled) {
                     if tx.send(span).await.is_err() {
                         stats.inc(&stats.spans_dropped_queue);
                     }
@@ -148,7 +156,7 @@ impl Outlet {
                 queued,
                 ..
             } => {
-                for span in spans {
+                for span in spans.iter_mut().filter(|s| s.sampled) {
                     if let Some(batch) = batcher.push(span) {
                         queue_waiting(tx, queued, batch, stats).await;
                     }
@@ -204,9 +212,11 @@ mod tests {
         let stats = Stats::default();
         let p = process(3, "api");
         let (mut outlet, mut rx) = otlp(2);
-        for i in 0..5 {
-            outlet.push(server(&p, i, "/", 200), &stats);
-        }
+        let mut spans: Vec<_> = (0..5).map(|i| server(&p, i, "/", 200)).collect();
+        spans[2].sampled = false;
+        spans.push(server(&p, 5, "/", 200));
+        outlet.push(&mut spans, &stats);
+        assert!(spans.is_empty());
         // The first request is queued, the second had no room, the fifth span waits.
         assert_eq!(stats.spans_dropped_queue.load(Ordering::Relaxed), 2);
         assert_eq!(outlet.queued(), 2 + 1);
