@@ -14,7 +14,7 @@ pub mod sampler;
 pub mod span;
 
 use rand::Rng;
-use std::net::IpAddr;
+use std::{cell::RefCell, net::IpAddr};
 
 use smol_str::{SmolStr, format_smolstr};
 
@@ -56,9 +56,42 @@ pub struct Described {
     pub error: bool,
 }
 
-/// An address as text. IPv4 is written digit by digit: every span names one or two addresses,
-/// and the formatting machinery was a measurable part of describing a span.
+/// Addresses whose text is kept per thread (a power of two).
+const IP_MEMO: usize = 64;
+const _: () = assert!(IP_MEMO.is_power_of_two());
+
+thread_local! {
+    /// The text of recently named addresses, direct-mapped by a hash of the address.
+    static IP_TEXTS: RefCell<[Option<(IpAddr, SmolStr)>; IP_MEMO]> =
+        const { RefCell::new([const { None }; IP_MEMO]) };
+}
+
+/// An address as text. Every span names one or two, and a service's spans name the same few
+/// peers over and over (its callers, a load balancer, its databases): writing one cost ~240
+/// instructions, finding it in a small per-thread memo a tenth of that.
 pub fn ip_text(ip: IpAddr) -> SmolStr {
+    let h = match ip {
+        IpAddr::V4(v4) => u64::from(v4.to_bits()),
+        IpAddr::V6(v6) => {
+            let bits = v6.to_bits();
+            (bits as u64) ^ ((bits >> 64) as u64)
+        }
+    };
+    // The top bits of a multiplicative hash: as many as index the memo.
+    let slot = (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - IP_MEMO.trailing_zeros())) as usize;
+    IP_TEXTS.with_borrow_mut(|memo| match &memo[slot] {
+        Some((known, text)) if *known == ip => text.clone(),
+        _ => {
+            let text = write_ip(ip);
+            memo[slot] = Some((ip, text.clone()));
+            text
+        }
+    })
+}
+
+/// An address written as text; IPv4 digit by digit, where the formatting machinery was a
+/// measurable part of describing a span.
+fn write_ip(ip: IpAddr) -> SmolStr {
     let IpAddr::V4(v4) = ip else {
         return format_smolstr!("{ip}");
     };
