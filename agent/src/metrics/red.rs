@@ -4,7 +4,7 @@
 //! `error.type`.
 
 use smol_str::SmolStr;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 
 use super::series;
 use crate::trace::{Span, SpanKind, Value};
@@ -187,11 +187,20 @@ impl<'s> Measured<'s> {
     /// The fingerprint of the series the span is measured in. The instrument fixes the
     /// attribute names, so a slot's place stands for its name: only values are hashed.
     pub fn fingerprint(&self) -> u64 {
-        let mut h = series::hasher();
-        self.instrument.hash(&mut h);
-        self.service.hash(&mut h);
+        let mut h = series::Mix::new(self.instrument as u64);
+        h.bytes(self.service.as_bytes());
         for v in &self.values {
-            v.hash(&mut h);
+            match v {
+                None => h.word(0),
+                Some(Value::Int(i)) => {
+                    h.word(1);
+                    h.word(*i as u64);
+                }
+                Some(Value::Str(s)) => {
+                    h.word(2);
+                    h.bytes(s.as_bytes());
+                }
+            }
         }
         h.finish()
     }
