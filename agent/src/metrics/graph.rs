@@ -12,7 +12,7 @@ use foldhash::HashMap;
 use smol_str::{SmolStr, format_smolstr};
 use std::time::{Duration, Instant};
 
-use super::red::seconds;
+use super::{red::seconds, series};
 use crate::trace::{Link, Span, SpanKind, Status};
 
 /// How long one half of a pair waits for the other before it counts alone.
@@ -28,6 +28,17 @@ pub struct Edge {
     pub server: SmolStr,
     /// `""` for service-to-service calls, `"database"` for databases and caches (Tempo's values).
     pub connection_type: &'static str,
+}
+
+impl Edge {
+    /// The fingerprint its series is found by (`series::Mix`, as for the RED series).
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = series::Mix::new(0);
+        h.bytes(self.client.as_bytes());
+        h.bytes(self.server.as_bytes());
+        h.bytes(self.connection_type.as_bytes());
+        h.finish()
+    }
 }
 
 /// A request counted on an edge, with the durations its ends saw.

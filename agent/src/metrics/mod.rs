@@ -219,12 +219,12 @@ impl Metrics {
     fn count(&self, st: &mut State, done: &mut Vec<Request>) {
         for r in done.drain(..) {
             let (e, overflowed) = st.edges.get(
-                series::fingerprint(&r.edge),
+                r.edge.fingerprint(),
                 |k| *k == r.edge,
                 || r.edge.clone(),
                 || {
                     let k = overflow_edge();
-                    (series::fingerprint(&k), k)
+                    (k.fingerprint(), k)
                 },
             );
             let s = &mut e.stats;
