@@ -37,11 +37,52 @@ pub enum Outlet {
     Otlp {
         /// Boxed: the terminal's variant is a single pointer.
         batcher: Box<Batcher>,
-        tx: mpsc::Sender<Batch>,
+        requests: Requests,
         delay: Duration,
-        /// Spans in the channel's requests (the sending task subtracts what it takes).
-        queued: Arc<AtomicU64>,
     },
+}
+
+/// The queue of encoded requests to the sending task.
+pub struct Requests {
+    tx: mpsc::Sender<Batch>,
+    /// Spans in the queue's requests (the sending task subtracts what it takes).
+    queued: Arc<AtomicU64>,
+}
+
+impl Requests {
+    /// Queues a request, or counts its spans as dropped when the queue is full.
+    fn try_send(&self, batch: Batch, stats: &Stats) {
+        let n = self.enqueued(&batch);
+        if self.tx.try_send(batch).is_err() {
+            self.refused(n, stats);
+        }
+    }
+
+    /// Queues a request, waiting for room (at shutdown).
+    async fn send(&self, batch: Batch, stats: &Stats) {
+        let n = self.enqueued(&batch);
+        if self.tx.send(batch).await.is_err() {
+            self.refused(n, stats);
+        }
+    }
+
+    fn enqueued(&self, batch: &Batch) -> u64 {
+        self.queued.fetch_add(batch.spans, Ordering::Relaxed);
+        batch.spans
+    }
+
+    fn refused(&self, n: u64, stats: &Stats) {
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+        stats.add(&stats.spans_dropped_queue, n);
+    }
+}
+
+/// Encodes the sampled spans of `spans` where they are; yields each request they complete.
+fn encode<'a>(batcher: &'a mut Batcher, spans: &'a mut [Span]) -> impl Iterator<Item = Batch> + 'a {
+    spans
+        .iter_mut()
+        .filter(|s| s.sampled)
+        .filter_map(|s| batcher.push(s))
 }
 
 /// Starts the task that prints or sends spans, and returns the loop's end of it. At most
@@ -67,9 +108,8 @@ pub fn start(sink: Sink, queue_size: usize, stats: Arc<Stats>) -> (Outlet, JoinH
             let task = tokio::spawn(otlp::run(config, rx, queued.clone(), stats));
             let outlet = Outlet::Otlp {
                 batcher,
-                tx,
+                requests: Requests { tx, queued },
                 delay,
-                queued,
             };
             (outlet, task)
         }
@@ -90,15 +130,10 @@ impl Outlet {
                 }
             }
             Outlet::Otlp {
-                batcher,
-                tx,
-                queued,
-                ..
+                batcher, requests, ..
             } => {
-                for span in spans.iter_mut().filter(|s| s.sampled) {
-                    if let Some(batch) = batcher.push(span) {
-                        queue(tx, queued, batch, stats);
-                    }
+                for batch in encode(batcher, spans) {
+                    requests.try_send(batch, stats);
                 }
                 spans.clear();
             }
@@ -117,14 +152,11 @@ impl Outlet {
     /// Queues the spans of a batch that is not full yet.
     pub fn flush(&mut self, stats: &Stats) {
         if let Outlet::Otlp {
-            batcher,
-            tx,
-            queued,
-            ..
+            batcher, requests, ..
         } = self
             && let Some(batch) = batcher.take()
         {
-            queue(tx, queued, batch, stats);
+            requests.try_send(batch, stats);
         }
     }
 
@@ -133,8 +165,8 @@ impl Outlet {
         match self {
             Outlet::Print(tx) => (tx.max_capacity() - tx.capacity()) as u64,
             Outlet::Otlp {
-                batcher, queued, ..
-            } => queued.load(Ordering::Relaxed) + batcher.pending() as u64,
+                batcher, requests, ..
+            } => requests.queued.load(Ordering::Relaxed) + batcher.pending() as u64,
         }
     }
 
@@ -151,41 +183,16 @@ impl Outlet {
                 }
             }
             Outlet::Otlp {
-                batcher,
-                tx,
-                queued,
-                ..
+                batcher, requests, ..
             } => {
-                for span in spans.iter_mut().filter(|s| s.sampled) {
-                    if let Some(batch) = batcher.push(span) {
-                        queue_waiting(tx, queued, batch, stats).await;
-                    }
+                for batch in encode(batcher, &mut spans) {
+                    requests.send(batch, stats).await;
                 }
                 if let Some(batch) = batcher.take() {
-                    queue_waiting(tx, queued, batch, stats).await;
+                    requests.send(batch, stats).await;
                 }
             }
         }
-    }
-}
-
-/// Hands a request to the sending task, waiting for room (at shutdown).
-async fn queue_waiting(tx: &mpsc::Sender<Batch>, queued: &AtomicU64, batch: Batch, stats: &Stats) {
-    let n = batch.spans;
-    queued.fetch_add(n, Ordering::Relaxed);
-    if tx.send(batch).await.is_err() {
-        queued.fetch_sub(n, Ordering::Relaxed);
-        stats.add(&stats.spans_dropped_queue, n);
-    }
-}
-
-/// Hands a request to the sending task, or counts its spans as dropped when its queue is full.
-fn queue(tx: &mpsc::Sender<Batch>, queued: &AtomicU64, batch: Batch, stats: &Stats) {
-    let n = batch.spans;
-    queued.fetch_add(n, Ordering::Relaxed);
-    if tx.try_send(batch).is_err() {
-        queued.fetch_sub(n, Ordering::Relaxed);
-        stats.add(&stats.spans_dropped_queue, n);
     }
 }
 
@@ -200,9 +207,11 @@ mod tests {
         let (tx, rx) = mpsc::channel(1);
         let outlet = Outlet::Otlp {
             batcher: Box::new(Batcher::new(batch, 0, 8)),
-            tx,
+            requests: Requests {
+                tx,
+                queued: Arc::new(AtomicU64::new(0)),
+            },
             delay: Duration::from_secs(5),
-            queued: Arc::new(AtomicU64::new(0)),
         };
         (outlet, rx)
     }
