@@ -8,22 +8,15 @@
 //! same way: a measurement for a known series allocates nothing.
 
 use foldhash::{HashMap, HashMapExt as _};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 
 /// The attribute that marks an overflow series (OpenTelemetry's cardinality-limit convention).
 pub const OVERFLOW_ATTRIBUTE: &str = "otel.metric.overflow";
 
-/// A fast hasher for fingerprints (not exposed to untrusted keys' collisions: a collision only
-/// costs a comparison).
-pub fn hasher() -> impl Hasher {
-    foldhash::fast::FixedState::with_seed(0x5eed).build_hasher()
-}
-
-/// The fingerprint of a hashable value.
+/// The fingerprint of a hashable value (the overflow series'; a span's series use `Mix`). Not
+/// exposed to untrusted keys' collisions: a collision only costs a comparison.
 pub fn fingerprint(v: &impl Hash) -> u64 {
-    let mut h = hasher();
-    v.hash(&mut h);
-    h.finish()
+    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(v)
 }
 
 /// A fingerprint built a word at a time, every step inlined: finding a span's series starts
