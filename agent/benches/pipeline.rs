@@ -177,7 +177,7 @@ fn run(stage: Stage, records: &[Vec<u8>]) -> (f64, u64) {
     let mut table = ConnTable::new(Limits::default());
     let mut linker = Linker::new(Sampler::from_env());
     let mut processes = Processes::new(64);
-    let metrics = Metrics::new(DEFAULT_SERIES_LIMIT, None);
+    let metrics = Metrics::new(DEFAULT_SERIES_LIMIT, true);
     let mut batcher = Batcher::new(BATCH, 5, 64);
     let mut recs: Vec<ConnRecord> = Vec::new();
     let mut spans: Vec<Span> = Vec::new();

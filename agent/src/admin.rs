@@ -90,7 +90,7 @@ mod tests {
     async fn serves_metrics_and_probes() {
         let stats = Arc::new(Stats::default());
         stats.inc(&stats.spans_dropped_queue);
-        let metrics = Arc::new(Metrics::new(10, None));
+        let metrics = Arc::new(Metrics::new(10, false));
         let addr = serve(0, stats.clone(), metrics).await.unwrap();
         let get = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(("127.0.0.1", addr.port()))

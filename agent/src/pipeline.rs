@@ -129,25 +129,24 @@ fn log_change(change: &Change, processes: &mut Processes) {
 
 /// The metrics aggregation, with OTLP metrics when an endpoint is configured for them.
 fn metrics(config: &Config) -> Result<(Arc<Metrics>, Option<metrics::otlp::Export>)> {
-    let export = metrics::otlp::Config::from_env(
+    let otlp = metrics::otlp::Config::from_env(
         config.otlp_endpoint.as_deref(),
         config.otlp_protocol.as_deref(),
-    )?
-    .map(metrics::otlp::Export::start)
-    .transpose()?;
+    )?;
+    let metrics = Arc::new(Metrics::new(config.metric_series_limit, otlp.is_some()));
+    let export = otlp
+        .map(|c| metrics::otlp::Export::new(c, metrics.clone()))
+        .transpose()?;
     if let Some(e) = &export {
         let c = e.config();
         info!(
-            "exporting metrics over OTLP to {} every {:?}",
+            "exporting metrics over OTLP to {} every {:?} ({:?})",
             c.target.describe(),
-            c.interval
+            c.interval,
+            c.temporality
         );
     }
-    let recorder = export.as_ref().map(metrics::otlp::Export::recorder);
-    Ok((
-        Arc::new(Metrics::new(config.metric_series_limit, recorder)),
-        export,
-    ))
+    Ok((metrics, export))
 }
 
 /// Runs the agent until a signal.

@@ -97,10 +97,14 @@ counters! {
     spans_export_failed,
     /// Spans sent to the backend or printed.
     spans_exported,
-    /// OTLP metrics exports (one per resource per interval) the backend accepted.
+    /// OTLP metrics export requests the backend accepted.
     metric_exports,
-    /// OTLP metrics exports that failed (the next export carries cumulative values again).
+    /// OTLP metrics export requests that failed (with cumulative temporality the next export
+    /// carries the totals again; delta points are lost).
     metric_exports_failed,
+    /// Metric data points the backend refused although the request succeeded (OTLP partial
+    /// success).
+    metric_points_rejected,
 }
 
 /// Current sizes of the agent's queues and tables.

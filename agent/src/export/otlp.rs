@@ -15,8 +15,6 @@ use std::{
 };
 
 use anyhow::Result;
-use opentelemetry::KeyValue;
-use opentelemetry_sdk::Resource;
 use tokio::{sync::mpsc, task::JoinSet};
 use tracing::warn;
 
@@ -106,17 +104,6 @@ pub fn resource_attributes(p: &ProcessInfo) -> Vec<(&str, AnyValue<'_>)> {
         .collect();
     all.extend(agent);
     all
-}
-
-/// The same attributes as the SDK's resource (for the metrics exporter).
-pub fn resource(p: &ProcessInfo) -> Resource {
-    let attributes = resource_attributes(p).into_iter().map(|(k, v)| match v {
-        AnyValue::Str(s) => KeyValue::new(k.to_string(), s.to_string()),
-        AnyValue::Int(i) => KeyValue::new(k.to_string(), i),
-    });
-    Resource::builder_empty()
-        .with_attributes(attributes)
-        .build()
 }
 
 /// Batches exported at once: one round trip at a time cannot keep up with a busy host.

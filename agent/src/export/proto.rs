@@ -7,7 +7,8 @@
 //! patched in after its body, and a process's resource is encoded once and reused.
 //!
 //! Field numbers are those of `opentelemetry/proto/{collector/trace,trace,resource,common}/v1`;
-//! the tests decode the output with the generated types of `opentelemetry-proto`.
+//! the tests decode the output with the generated types of `opentelemetry-proto`. The metrics
+//! messages are written with the same `Writer` in `metrics::otlp`.
 
 use crate::trace::{Span, SpanKind, Status, Value};
 
@@ -61,16 +62,35 @@ impl Writer {
         self.buf.extend_from_slice(value);
     }
 
-    fn uint(&mut self, field: u32, value: u64) {
+    /// A varint field (`uint32`, `uint64`, `bool`, an enum); zero is left out, as proto3 does.
+    pub fn uint(&mut self, field: u32, value: u64) {
         if value != 0 {
             self.tag(field, VARINT);
             self.varint(value);
         }
     }
 
-    fn fixed64(&mut self, field: u32, value: u64) {
+    /// A `fixed64` or `sfixed64` field, written even when zero (a timestamp, a count).
+    pub fn fixed64(&mut self, field: u32, value: u64) {
         self.tag(field, FIXED64);
         self.buf.extend_from_slice(&value.to_le_bytes());
+    }
+
+    /// A `double` field, written even when zero (an `optional` one).
+    pub fn double(&mut self, field: u32, value: f64) {
+        self.fixed64(field, value.to_bits());
+    }
+
+    /// A packed `repeated fixed64` or `repeated double` field of these 8-byte values.
+    pub fn packed64(&mut self, field: u32, values: impl ExactSizeIterator<Item = u64>) {
+        if values.len() == 0 {
+            return;
+        }
+        self.tag(field, LEN);
+        self.varint(8 * values.len() as u64);
+        for v in values {
+            self.buf.extend_from_slice(&v.to_le_bytes());
+        }
     }
 
     fn fixed32(&mut self, field: u32, value: u32) {

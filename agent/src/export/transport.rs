@@ -1,5 +1,5 @@
-//! Sends encoded OTLP trace requests: gRPC (`TraceService/Export`, one unary call over tonic's
-//! HTTP/2 channel) or HTTP/protobuf (a `POST` with reqwest). Headers and the timeout come from
+//! Sends encoded OTLP requests, traces or metrics: gRPC (the signal's `Export`, one unary call
+//! over tonic's HTTP/2 channel) or HTTP/protobuf (a `POST` with reqwest). Headers and the timeout come from
 //! the standard variables (`endpoint::Target`); a collector that is busy or briefly away gets the
 //! request again, twice, with a short backoff.
 //!
@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_proto::tonic::collector::{
+    metrics::v1::ExportMetricsServiceResponse, trace::v1::ExportTraceServiceResponse,
+};
 use prost::Message as _;
 use tonic::{
     Code,
@@ -24,9 +26,15 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use super::endpoint::{Protocol, Target};
+use super::endpoint::{Protocol, Signal, Target};
 
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// The gRPC method each signal is exported with.
+fn export_path(signal: Signal) -> &'static str {
+    match signal {
+        Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+    }
+}
 
 /// A gRPC message's prefix: a compression flag and the length, big-endian.
 const GRPC_PREFIX: usize = 5;
@@ -37,7 +45,8 @@ const BACKOFF: [Duration; 2] = [Duration::from_millis(100), Duration::from_milli
 /// What the collector said about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
-    /// Spans the collector refused although the request succeeded (OTLP partial success).
+    /// Spans or data points the collector refused although the request succeeded (OTLP
+    /// partial success).
     pub rejected: u64,
 }
 
@@ -49,9 +58,16 @@ pub struct ExportError {
     retryable: bool,
 }
 
-/// An OTLP trace destination.
+/// An OTLP destination of one signal.
 #[derive(Clone)]
-pub enum Transport {
+pub struct Transport {
+    signal: Signal,
+    way: Way,
+}
+
+/// How requests reach the collector.
+#[derive(Clone)]
+enum Way {
     Grpc {
         channel: Channel,
         /// The endpoint with the method's path (the channel fills in scheme and authority).
@@ -81,14 +97,14 @@ impl Transport {
         let url = target.resolved_url();
         let headers = target.headers()?;
         let timeout = target.timeout()?;
-        Ok(match target.protocol {
+        let way = match target.protocol {
             Protocol::Grpc => {
                 let endpoint = Endpoint::from_shared(url.clone())
                     .with_context(|| format!("invalid OTLP gRPC endpoint {url:?}"))?
                     .timeout(timeout);
-                Transport::Grpc {
+                Way::Grpc {
                     channel: endpoint.connect_lazy(),
-                    uri: Uri::from_static(EXPORT_PATH),
+                    uri: Uri::from_static(export_path(target.signal)),
                     headers: grpc_headers(&headers, timeout)?,
                 }
             }
@@ -102,18 +118,22 @@ impl Transport {
                     .timeout(timeout)
                     .build()
                     .context("cannot build the OTLP HTTP client")?;
-                Transport::Http {
+                Way::Http {
                     client,
                     url,
                     headers,
                 }
             }
+        };
+        Ok(Transport {
+            signal: target.signal,
+            way,
         })
     }
 
     /// The body to send: `buf` is `prefix_len` reserved bytes and the encoded request.
     pub fn seal(&self, mut buf: Vec<u8>) -> Bytes {
-        if let Transport::Grpc { .. } = self
+        if let Way::Grpc { .. } = self.way
             && buf.len() >= GRPC_PREFIX
         {
             // Uncompressed. A batch is a few MiB at most (spans are bounded by the capture
@@ -125,7 +145,8 @@ impl Transport {
         Bytes::from(buf)
     }
 
-    /// Sends one `ExportTraceServiceRequest`, trying again after a retryable failure.
+    /// Sends one export request of the transport's signal, trying again after a retryable
+    /// failure.
     pub async fn send(&self, body: Bytes) -> Result<Outcome, ExportError> {
         let mut attempt = 0;
         loop {
@@ -140,13 +161,13 @@ impl Transport {
     }
 
     async fn send_once(&self, body: Bytes) -> Result<Outcome, ExportError> {
-        let reply = match self {
-            Transport::Grpc {
+        let reply = match &self.way {
+            Way::Grpc {
                 channel,
                 uri,
                 headers,
             } => grpc_call(channel.clone(), uri, headers, body).await?,
-            Transport::Http {
+            Way::Http {
                 client,
                 url,
                 headers,
@@ -176,7 +197,7 @@ impl Transport {
                 bytes.to_vec()
             }
         };
-        Ok(outcome(&reply))
+        Ok(outcome(self.signal, &reply))
     }
 }
 
@@ -276,14 +297,23 @@ fn code_of_http(status: StatusCode) -> Code {
     }
 }
 
-/// Spans a reply says were rejected. A reply that does not decode (some collectors answer an
-/// HTTP export with an empty or non-protobuf body) is taken as full success, as the status was.
-fn outcome(reply: &[u8]) -> Outcome {
-    let rejected = ExportTraceServiceResponse::decode(reply)
-        .ok()
-        .and_then(|r| r.partial_success)
-        .map_or(0, |p| p.rejected_spans.max(0) as u64);
-    Outcome { rejected }
+/// Spans or data points a reply says were rejected. A reply that does not decode (some
+/// collectors answer an HTTP export with an empty or non-protobuf body) is taken as full
+/// success, as the status was.
+fn outcome(signal: Signal, reply: &[u8]) -> Outcome {
+    let rejected = match signal {
+        Signal::Traces => ExportTraceServiceResponse::decode(reply)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| p.rejected_spans),
+        Signal::Metrics => ExportMetricsServiceResponse::decode(reply)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| p.rejected_data_points),
+    };
+    Outcome {
+        rejected: rejected.map_or(0, |n| n.max(0) as u64),
+    }
 }
 
 fn grpc_error(code: Code, message: &str) -> ExportError {
@@ -306,7 +336,9 @@ fn grpc_error(code: Code, message: &str) -> ExportError {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
+    use opentelemetry_proto::tonic::collector::{
+        metrics::v1::ExportMetricsPartialSuccess, trace::v1::ExportTracePartialSuccess,
+    };
 
     use super::*;
 
@@ -319,9 +351,37 @@ mod tests {
             }),
         }
         .encode_to_vec();
-        assert_eq!(outcome(&reply), Outcome { rejected: 3 });
-        assert_eq!(outcome(&[]), Outcome { rejected: 0 });
-        assert_eq!(outcome(b"<html>ok</html>"), Outcome { rejected: 0 });
+        assert_eq!(outcome(Signal::Traces, &reply), Outcome { rejected: 3 });
+        assert_eq!(outcome(Signal::Traces, &[]), Outcome { rejected: 0 });
+        assert_eq!(
+            outcome(Signal::Traces, b"<html>ok</html>"),
+            Outcome { rejected: 0 }
+        );
+        let reply = ExportMetricsServiceResponse {
+            partial_success: Some(ExportMetricsPartialSuccess {
+                rejected_data_points: 5,
+                error_message: "bad unit".into(),
+            }),
+        }
+        .encode_to_vec();
+        assert_eq!(outcome(Signal::Metrics, &reply), Outcome { rejected: 5 });
+    }
+
+    #[tokio::test]
+    async fn each_signal_has_its_grpc_method() {
+        let t = Transport::new(&Target {
+            signal: Signal::Metrics,
+            endpoint: Some("http://127.0.0.1:4317".into()),
+            protocol: Protocol::Grpc,
+        })
+        .unwrap();
+        match t.way {
+            Way::Grpc { uri, .. } => assert_eq!(
+                uri.path(),
+                "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+            ),
+            Way::Http { .. } => panic!("gRPC expected"),
+        }
     }
 
     #[test]
@@ -352,7 +412,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_sealed_body_is_framed_for_grpc_and_left_alone_for_http() {
-        use super::super::endpoint::{Protocol, Signal};
         let transport = |protocol| {
             Transport::new(&Target {
                 signal: Signal::Traces,

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use super::*;
 use crate::{
     process::{NameSource, ProcessInfo, Runtime},
@@ -104,7 +106,7 @@ fn edge<'a>(edges: &'a [(Edge, EdgeStats)], client: &str, server: &str) -> &'a E
 
 #[test]
 fn red_series_use_semantic_convention_attributes() {
-    let m = Metrics::new(100, None);
+    let m = Metrics::new(100, false);
     let api = process(1, "api");
     let now = Instant::now();
     m.observe(&server(&api, 1, "/users/{id}", 200), now);
@@ -148,7 +150,7 @@ fn red_series_use_semantic_convention_attributes() {
 
 #[test]
 fn peers_on_this_host_pair_into_one_request_whatever_the_order() {
-    let m = Metrics::new(100, None);
+    let m = Metrics::new(100, false);
     let (front, back) = (process(1, "frontend"), process(2, "backend"));
     let now = Instant::now();
     // Server span first (it ends first), then its client.
@@ -169,7 +171,7 @@ fn peers_on_this_host_pair_into_one_request_whatever_the_order() {
 
 #[test]
 fn unpaired_ends_are_named_by_address() {
-    let m = Metrics::new(100, None);
+    let m = Metrics::new(100, false);
     let api = process(1, "api");
     let now = Instant::now();
     // An untraced client calls the api: counted at once, client named by IP.
@@ -212,7 +214,7 @@ fn unpaired_ends_are_named_by_address() {
 
 #[test]
 fn series_past_the_limit_overflow_and_are_counted() {
-    let m = Metrics::new(2, None);
+    let m = Metrics::new(2, false);
     let api = process(1, "api");
     let now = Instant::now();
     for (i, route) in ["/a", "/b", "/c", "/d"].into_iter().enumerate() {
@@ -243,7 +245,7 @@ fn series_past_the_limit_overflow_and_are_counted() {
 
 #[test]
 fn grpc_calls_use_the_rpc_instruments() {
-    let m = Metrics::new(100, None);
+    let m = Metrics::new(100, false);
     let svc = process(1, "catalog");
     let rpc = [
         ("rpc.system", s("grpc")),

@@ -16,7 +16,7 @@ pub mod summary;
 
 use smol_str::SmolStr;
 use std::{
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Mutex, MutexGuard},
     time::Instant,
 };
 
@@ -24,9 +24,7 @@ use graph::{Edge, Pairing, Request};
 use histogram::Histogram;
 use series::Series;
 
-use opentelemetry::metrics::BoundHistogram;
-
-use crate::{process::ProcessInfo, trace::Span};
+use crate::trace::Span;
 
 /// Default limit of series per family (RED, service graph).
 pub const DEFAULT_SERIES_LIMIT: usize = 2000;
@@ -73,46 +71,18 @@ pub fn overflow_edge() -> Edge {
     }
 }
 
-/// A RED series: its histogram, and the OTLP instruments bound to its attributes (one per
-/// process whose spans it measures; `None` for the overflow series).
+/// A RED series: its histogram, and for OTLP its measurements per process.
 #[derive(Default)]
 struct RedSeries {
     histogram: Histogram,
-    bound: Vec<(Option<Arc<ProcessInfo>>, BoundHistogram<f64>)>,
+    shares: Vec<otlp::Share>,
 }
 
-impl RedSeries {
-    fn record_otlp(
-        &mut self,
-        otlp: &otlp::Recorder,
-        span: &Span,
-        instrument: red::Instrument,
-        overflowed: bool,
-        secs: f64,
-    ) {
-        let process = (!overflowed).then_some(&span.process);
-        let found = self.bound.iter().find(|(p, _)| match (p, process) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        });
-        match found {
-            Some((_, b)) => b.record(secs),
-            None => {
-                if let Some(b) = otlp.bind_red((!overflowed).then_some(span), instrument) {
-                    b.record(secs);
-                    self.bound.push((process.cloned(), b));
-                }
-            }
-        }
-    }
-}
-
-/// An edge series: its stats, and the OTLP instruments bound to it.
+/// An edge series: its stats, and what OTLP last took of them.
 #[derive(Default)]
 struct EdgeSeries {
     stats: EdgeStats,
-    bound: Option<otlp::BoundEdge>,
+    otlp: otlp::EdgeMark,
 }
 
 struct State {
@@ -120,14 +90,13 @@ struct State {
     edges: Series<Edge, EdgeSeries>,
     pairing: Pairing,
     done: Vec<Request>,
-    /// The OTLP recorder's generation the bound instruments were last checked against.
-    generation: u64,
 }
 
 /// The aggregation every span goes through.
 pub struct Metrics {
     state: Mutex<State>,
-    otlp: Option<Arc<otlp::Recorder>>,
+    /// Whether OTLP exports the metrics (which keeps RED measurements per process).
+    otlp: bool,
 }
 
 /// A consistent copy of the aggregates, for readers.
@@ -144,14 +113,13 @@ pub struct Snapshot {
 }
 
 impl Metrics {
-    pub fn new(series_limit: usize, otlp: Option<Arc<otlp::Recorder>>) -> Self {
+    pub fn new(series_limit: usize, otlp: bool) -> Self {
         Metrics {
             state: Mutex::new(State {
                 red: Series::new(series_limit),
                 edges: Series::new(series_limit),
                 pairing: Pairing::default(),
                 done: Vec::new(),
-                generation: 0,
             }),
             otlp,
         }
@@ -178,8 +146,11 @@ impl Metrics {
             || red::Key::overflow(instrument),
         );
         series.histogram.record(secs);
-        if let Some(otlp) = &self.otlp {
-            series.record_otlp(otlp, span, instrument, overflowed, secs);
+        if self.otlp {
+            let process = (!overflowed).then_some(&span.process);
+            if otlp::Share::record(&mut series.shares, process, secs) {
+                st.red.count_overflow();
+            }
         }
         let service = span.process.service_name.clone();
         let mut done = std::mem::take(&mut st.done);
@@ -188,23 +159,13 @@ impl Metrics {
         st.done = done;
     }
 
-    /// Counts alone the pairing halves that waited too long, and lets go of OTLP instruments
-    /// bound to providers that were dropped.
+    /// Counts alone the pairing halves that waited too long.
     pub fn tick(&self, now: Instant) {
         let mut st = self.lock();
         let mut done = std::mem::take(&mut st.done);
         st.pairing.expire(now, &mut done);
         self.count(&mut st, &mut done);
         st.done = done;
-        if let Some(otlp) = &self.otlp
-            && otlp.generation() != st.generation
-        {
-            st.generation = otlp.generation();
-            for s in st.red.values_mut() {
-                s.bound
-                    .retain(|(p, _)| p.as_ref().is_none_or(|p| otlp.serves(p)));
-            }
-        }
     }
 
     /// Counts every waiting half (at shutdown).
@@ -218,7 +179,7 @@ impl Metrics {
 
     fn count(&self, st: &mut State, done: &mut Vec<Request>) {
         for r in done.drain(..) {
-            let (e, overflowed) = st.edges.get(
+            let (e, _) = st.edges.get(
                 r.edge.fingerprint(),
                 |k| *k == r.edge,
                 || r.edge.clone(),
@@ -236,12 +197,50 @@ impl Metrics {
             if let Some(secs) = r.server_seconds {
                 s.server.record(secs);
             }
-            if let Some(otlp) = &self.otlp {
-                e.bound
-                    .get_or_insert_with(|| otlp.bind_edge(&r.edge, overflowed))
-                    .record(&r);
+            if self.otlp && e.otlp.start_ns == 0 {
+                e.otlp.start_ns = otlp::wall_ns();
             }
         }
+    }
+
+    /// The data points of an OTLP export at `now_ns` (`otlp::Share::take`,
+    /// `otlp::EdgeMark::take`). The shares of processes that are gone (`alive` says) are
+    /// forgotten once their last values are taken.
+    pub fn otlp_points(
+        &self,
+        temporality: otlp::Temporality,
+        now_ns: u64,
+        mut alive: impl FnMut(u32) -> bool,
+    ) -> otlp::Points {
+        let mut st = self.lock();
+        let mut points = otlp::Points::default();
+        for (key, series) in st.red.iter_mut() {
+            for share in &mut series.shares {
+                if let Some((histogram, start_ns)) = share.take(temporality, now_ns) {
+                    points.red.push(otlp::RedPoint {
+                        key: key.clone(),
+                        process: share.process.clone(),
+                        histogram,
+                        start_ns,
+                    });
+                }
+            }
+            series
+                .shares
+                .retain(|s| s.process.as_ref().is_none_or(|p| alive(p.pid)));
+        }
+        let overflow = overflow_edge();
+        for (edge, series) in st.edges.iter_mut() {
+            if let Some((stats, start_ns)) = series.otlp.take(&series.stats, temporality, now_ns) {
+                points.edges.push(otlp::EdgePoint {
+                    edge: edge.clone(),
+                    overflow: *edge == overflow,
+                    stats,
+                    start_ns,
+                });
+            }
+        }
+        points
     }
 
     /// A copy of everything aggregated so far.

@@ -1,61 +1,106 @@
-//! OTLP metrics through `opentelemetry-otlp`, to the same collector as the traces
-//! (`OTEL_EXPORTER_OTLP_METRICS_*` over `OTEL_EXPORTER_OTLP_*`, `OTEL_METRICS_EXPORTER=none` to
-//! turn off), every `OTEL_METRIC_EXPORT_INTERVAL` milliseconds, with the temporality of
+//! OTLP metrics, to the same collector as the traces (`OTEL_EXPORTER_OTLP_METRICS_*` over
+//! `OTEL_EXPORTER_OTLP_*`, `OTEL_METRICS_EXPORTER=none` to turn off), every
+//! `OTEL_METRIC_EXPORT_INTERVAL` milliseconds, with the temporality of
 //! `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`.
 //!
-//! RED metrics belong to the traced service, so each traced process gets a meter provider with
-//! its own resource (the same one as its spans) and a manual reader; service-graph metrics
-//! belong to no single service and go under the agent's own resource. One task collects every
-//! reader and exports: no thread per provider, and the provider count is bounded.
+//! The aggregation's own series are exported: each RED series keeps its measurements per traced
+//! process (a [`Share`]), because RED metrics belong to the traced service and go under the
+//! same resource as its spans; service-graph metrics belong to no single service and go under
+//! the agent's own resource. Once an interval the shares and edges are copied out under the
+//! aggregation's lock ([`super::Metrics::otlp_points`]) and encoded here with the span
+//! encoder's `Writer`, then sent with the trace export's transport.
+//!
+//! An OpenTelemetry SDK meter provider per process did this before, with bound instruments fed
+//! beside the aggregation's own histograms: a second aggregation of every span (~2% of the
+//! agent's CPU beside nginx), and three more crates.
 
 use std::{
-    collections::HashMap,
-    sync::{
-        Arc, Mutex, Weak,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, SystemTime},
 };
 
-use anyhow::{Context as _, Result};
-use opentelemetry::{
-    KeyValue,
-    metrics::{BoundCounter, BoundHistogram, Counter, Histogram, MeterProvider as _},
-};
-use opentelemetry_otlp::{MetricExporter, WithExportConfig as _};
-use opentelemetry_sdk::{
-    Resource,
-    error::OTelSdkResult,
-    metrics::{
-        InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
-        data::ResourceMetrics, exporter::PushMetricExporter as _, reader::MetricReader,
-    },
-};
+use anyhow::Result;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::{
-    graph::{Edge, Request},
-    histogram::BOUNDS,
-    red::{Instrument, Key, Measured},
+    EdgeStats, Metrics,
+    graph::Edge,
+    histogram::{BOUNDS, Histogram},
+    red::{Instrument, Key},
     series::OVERFLOW_ATTRIBUTE,
 };
 use crate::{
-    export::endpoint::{Protocol, Signal, Target, env_number},
+    export::{
+        endpoint::{Signal, Target, env, env_number},
+        otlp::resource_attributes,
+        proto::{self, AnyValue, Writer},
+        transport::{self, Transport},
+    },
     process::ProcessInfo,
     stats::Stats,
-    trace::{Span, Value},
+    trace::Value,
 };
 
-/// Most traced processes with a meter provider at once.
-const MAX_PROVIDERS: usize = 1024;
+/// Most processes one RED series keeps apart; measurements of further processes go to the
+/// series' overflow share (under the agent's resource, marked `otel.metric.overflow`).
+pub const MAX_SHARES: usize = 256;
+
+/// Data points in one `Metric` message at most, and the size past which a request is closed: a
+/// request stays far below the 4 MiB a gRPC server accepts by default.
+const POINTS_PER_METRIC: usize = 500;
+const REQUEST_BYTES: usize = 1 << 20;
+
+const TEMPORALITY: &str = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
+
+/// How the exported values relate to earlier exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Temporality {
+    /// Totals since the series began.
+    Cumulative,
+    /// What was measured since the previous export.
+    Delta,
+}
+
+impl Temporality {
+    /// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`: `cumulative` (the default), `delta`,
+    /// or `lowmemory`, which is delta for synchronous counters and histograms, the only kinds
+    /// the agent has. Anything else is warned about and ignored, as the specification asks.
+    fn from_env() -> Self {
+        Self::parse(env(TEMPORALITY).as_deref())
+    }
+
+    fn parse(value: Option<&str>) -> Self {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("cumulative") => Temporality::Cumulative,
+            Some("delta" | "lowmemory") => Temporality::Delta,
+            Some(other) => {
+                warn!(
+                    "{TEMPORALITY}={other:?} is not cumulative, delta or lowmemory; using cumulative"
+                );
+                Temporality::Cumulative
+            }
+        }
+    }
+
+    /// `AggregationTemporality` as OTLP numbers it.
+    fn proto(self) -> u64 {
+        match self {
+            Temporality::Delta => 1,
+            Temporality::Cumulative => 2,
+        }
+    }
+}
 
 /// Resolved OTLP metrics settings.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub target: Target,
     pub interval: Duration,
+    /// How long one export may take, retries included (`OTEL_METRIC_EXPORT_TIMEOUT`).
     pub timeout: Duration,
+    pub temporality: Temporality,
 }
 
 impl Config {
@@ -75,402 +120,432 @@ impl Config {
             timeout: Duration::from_millis(
                 env_number("OTEL_METRIC_EXPORT_TIMEOUT", 30_000)?.max(100),
             ),
+            temporality: Temporality::from_env(),
         }))
     }
-
-    /// Builds the exporter (connections are made lazily).
-    fn build(&self) -> Result<MetricExporter> {
-        let url = self.target.url();
-        let exporter = match self.target.protocol {
-            Protocol::Grpc => {
-                let b = MetricExporter::builder()
-                    .with_tonic()
-                    .with_timeout(self.timeout);
-                match url {
-                    Some(ep) => b.with_endpoint(ep).build(),
-                    None => b.build(),
-                }
-            }
-            Protocol::HttpProtobuf => {
-                let b = MetricExporter::builder()
-                    .with_http()
-                    .with_timeout(self.timeout);
-                match url {
-                    Some(ep) => b.with_endpoint(ep).build(),
-                    None => b.build(),
-                }
-            }
-        };
-        exporter.context("invalid OTLP metrics exporter configuration")
-    }
 }
 
-/// A manual reader the recorder keeps a handle on while the provider owns it.
+/// Nanoseconds since the Unix epoch, OTLP's timestamps.
+pub fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// One process's measurements in a RED series (`None`: the series' overflow share).
 #[derive(Debug, Clone)]
-struct SharedReader(Arc<ManualReader>);
-
-impl MetricReader for SharedReader {
-    fn register_pipeline(&self, pipeline: Weak<Pipeline>) {
-        self.0.register_pipeline(pipeline);
-    }
-    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
-        self.0.collect(rm)
-    }
-    fn force_flush(&self) -> OTelSdkResult {
-        self.0.force_flush()
-    }
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
-    }
-    fn temporality(&self, kind: InstrumentKind) -> Temporality {
-        self.0.temporality(kind)
-    }
+pub struct Share {
+    pub process: Option<Arc<ProcessInfo>>,
+    pub histogram: Histogram,
+    /// When the values began: the share's first measurement, or the previous delta export.
+    pub start_ns: u64,
 }
 
-/// One meter provider and the reader that collects it.
-struct Meters<I> {
-    provider: SdkMeterProvider,
-    reader: SharedReader,
-    instruments: I,
-}
-
-impl<I> Meters<I> {
-    fn new(
-        resource: Resource,
-        temporality: Temporality,
-        make: impl FnOnce(&SdkMeterProvider) -> I,
-    ) -> Self {
-        let reader = SharedReader(Arc::new(
-            ManualReader::builder()
-                .with_temporality(temporality)
-                .build(),
-        ));
-        let provider = SdkMeterProvider::builder()
-            .with_resource(resource)
-            .with_reader(reader.clone())
-            .build();
-        let instruments = make(&provider);
-        Meters {
-            provider,
-            reader,
-            instruments,
+impl Share {
+    /// Records `secs` in the share of `process` (its latest identity kept, for the resource),
+    /// made when new. Past `MAX_SHARES` the overflow share takes it; returns true then.
+    pub fn record(shares: &mut Vec<Share>, process: Option<&Arc<ProcessInfo>>, secs: f64) -> bool {
+        let pid = process.map(|p| p.pid);
+        if let Some(s) = shares
+            .iter_mut()
+            .find(|s| s.process.as_ref().map(|p| p.pid) == pid)
+        {
+            if let (Some(new), Some(mine)) = (process, &mut s.process)
+                && !Arc::ptr_eq(new, mine)
+            {
+                *mine = new.clone();
+            }
+            s.histogram.record(secs);
+            return false;
         }
+        let full = shares.len() >= MAX_SHARES && process.is_some();
+        if full && let Some(s) = shares.iter_mut().find(|s| s.process.is_none()) {
+            s.histogram.record(secs);
+            return true;
+        }
+        let mut histogram = Histogram::default();
+        histogram.record(secs);
+        shares.push(Share {
+            process: if full { None } else { process.cloned() },
+            histogram,
+            start_ns: wall_ns(),
+        });
+        full
     }
 
-    fn collect(&self) -> Option<ResourceMetrics> {
-        let mut rm = ResourceMetrics::default();
-        match self.reader.collect(&mut rm) {
-            Ok(()) => Some(rm),
-            Err(err) => {
-                debug!("metrics collection: {err}");
-                None
+    /// The share's data point at `now_ns`: its totals, or for a delta export what it measured
+    /// since the last one (`None` when that is nothing).
+    pub fn take(&mut self, temporality: Temporality, now_ns: u64) -> Option<(Histogram, u64)> {
+        match temporality {
+            Temporality::Cumulative => Some((self.histogram.clone(), self.start_ns)),
+            Temporality::Delta => {
+                let h = std::mem::take(&mut self.histogram);
+                let start = std::mem::replace(&mut self.start_ns, now_ns);
+                (h.count > 0).then_some((h, start))
             }
         }
     }
 }
 
-fn histogram(provider: &SdkMeterProvider, i: Instrument) -> Histogram<f64> {
-    provider
-        .meter(env!("CARGO_PKG_NAME"))
-        .f64_histogram(i.name())
-        .with_unit("s")
-        .with_description(i.description())
-        .with_boundaries(BOUNDS.to_vec())
-        .build()
+/// What an edge series last gave OTLP (for delta exports) and since when it counts.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeMark {
+    /// The edge's first request, then (delta) the previous export.
+    pub start_ns: u64,
+    /// The edge's stats at the previous delta export.
+    pub exported: EdgeStats,
 }
 
-/// The RED instruments of one meter provider.
-struct Red {
-    /// The traced process (`None` for the agent's own provider).
-    process: Option<Arc<ProcessInfo>>,
-    histograms: Vec<(Instrument, Histogram<f64>)>,
-}
-
-impl Red {
-    fn new(provider: &SdkMeterProvider, process: Option<Arc<ProcessInfo>>) -> Self {
-        Red {
-            process,
-            histograms: Instrument::ALL
-                .iter()
-                .map(|&i| (i, histogram(provider, i)))
-                .collect(),
+impl EdgeMark {
+    /// The edge's data point at `now_ns` (`None`: nothing new for a delta export).
+    pub fn take(
+        &mut self,
+        stats: &EdgeStats,
+        temporality: Temporality,
+        now_ns: u64,
+    ) -> Option<(EdgeStats, u64)> {
+        match temporality {
+            Temporality::Cumulative => Some((stats.clone(), self.start_ns)),
+            Temporality::Delta => {
+                let d = stats.since(&self.exported);
+                self.exported = stats.clone();
+                let start = std::mem::replace(&mut self.start_ns, now_ns);
+                (d.requests > 0).then_some((d, start))
+            }
         }
     }
+}
 
-    fn bind(&self, instrument: Instrument, attrs: &[KeyValue]) -> Option<BoundHistogram<f64>> {
-        self.histograms
-            .iter()
-            .find(|(i, _)| *i == instrument)
-            .map(|(_, h)| h.bind(attrs))
+/// A RED series' data point for one process.
+#[derive(Debug, Clone)]
+pub struct RedPoint {
+    pub key: Key,
+    pub process: Option<Arc<ProcessInfo>>,
+    pub histogram: Histogram,
+    pub start_ns: u64,
+}
+
+/// A service-graph edge's data points.
+#[derive(Debug, Clone)]
+pub struct EdgePoint {
+    pub edge: Edge,
+    pub overflow: bool,
+    pub stats: EdgeStats,
+    pub start_ns: u64,
+}
+
+/// One export's data points, copied out of the aggregation.
+#[derive(Debug, Default)]
+pub struct Points {
+    pub red: Vec<RedPoint>,
+    pub edges: Vec<EdgePoint>,
+}
+
+/// What a `Metric` message carries.
+#[derive(Clone, Copy)]
+enum Kind {
+    Histogram,
+    /// A monotonic integer sum (a counter).
+    Counter,
+}
+
+/// A metric's name, description, unit and kind.
+#[derive(Clone, Copy)]
+struct Descriptor {
+    name: &'static str,
+    description: &'static str,
+    unit: &'static str,
+    kind: Kind,
+}
+
+/// One data point, ready to encode.
+struct Point<'a> {
+    attributes: Vec<(&'a str, AnyValue<'a>)>,
+    start_ns: u64,
+    value: PointValue<'a>,
+}
+
+enum PointValue<'a> {
+    Histogram(&'a Histogram),
+    Count(u64),
+}
+
+fn any(v: &Value) -> AnyValue<'_> {
+    match v {
+        Value::Str(s) => AnyValue::Str(s),
+        Value::Int(i) => AnyValue::Int(*i),
     }
 }
 
-/// The service-graph instruments.
-struct GraphInstruments {
-    total: Counter<u64>,
-    failed: Counter<u64>,
-    server: Histogram<f64>,
-    client: Histogram<f64>,
-}
+const OVERFLOWED: (&str, AnyValue<'static>) = (OVERFLOW_ATTRIBUTE, AnyValue::Str("true"));
 
-/// The agent's own provider: the service graph, and the RED overflow series.
-struct AgentInstruments {
-    graph: GraphInstruments,
-    red: Red,
-}
+/// The graph's metrics, by the names Tempo's and Grafana's service-graph views read.
+const TOTAL: Descriptor = Descriptor {
+    name: "traces_service_graph_request_total",
+    description: "Requests between two nodes of the service graph.",
+    unit: "",
+    kind: Kind::Counter,
+};
+const FAILED: Descriptor = Descriptor {
+    name: "traces_service_graph_request_failed_total",
+    description: "Failed requests between two nodes of the service graph.",
+    unit: "",
+    kind: Kind::Counter,
+};
+const SERVER: Descriptor = Descriptor {
+    name: "traces_service_graph_request_server_seconds",
+    description: "Request durations as the server saw them.",
+    unit: "s",
+    kind: Kind::Histogram,
+};
+const CLIENT: Descriptor = Descriptor {
+    name: "traces_service_graph_request_client_seconds",
+    description: "Request durations as the client saw them.",
+    unit: "s",
+    kind: Kind::Histogram,
+};
 
-fn agent_instruments(provider: &SdkMeterProvider) -> AgentInstruments {
-    let meter = provider.meter(env!("CARGO_PKG_NAME"));
-    let h = |name: &'static str, what: &'static str| {
-        meter
-            .f64_histogram(name)
-            .with_unit("s")
-            .with_description(what)
-            .with_boundaries(BOUNDS.to_vec())
-            .build()
-    };
-    let graph = GraphInstruments {
-        total: meter
-            .u64_counter("traces_service_graph_request_total")
-            .with_description("Requests between two nodes of the service graph.")
-            .build(),
-        failed: meter
-            .u64_counter("traces_service_graph_request_failed_total")
-            .with_description("Failed requests between two nodes of the service graph.")
-            .build(),
-        server: h(
-            "traces_service_graph_request_server_seconds",
-            "Request durations as the server saw them.",
-        ),
-        client: h(
-            "traces_service_graph_request_client_seconds",
-            "Request durations as the client saw them.",
-        ),
-    };
-    AgentInstruments {
-        graph,
-        red: Red::new(provider, None),
-    }
-}
-
-/// The service-graph instruments bound to one edge.
-pub struct BoundEdge {
-    total: BoundCounter<u64>,
-    failed: BoundCounter<u64>,
-    server: BoundHistogram<f64>,
-    client: BoundHistogram<f64>,
-}
-
-impl BoundEdge {
-    pub fn record(&self, r: &Request) {
-        self.total.add(1);
-        if r.failed {
-            self.failed.add(1);
-        }
-        if let Some(s) = r.client_seconds {
-            self.client.record(s);
-        }
-        if let Some(s) = r.server_seconds {
-            self.server.record(s);
-        }
+fn red_descriptor(i: Instrument) -> Descriptor {
+    Descriptor {
+        name: i.name(),
+        description: i.description(),
+        unit: "s",
+        kind: Kind::Histogram,
     }
 }
 
 /// The agent's own resource, for metrics that belong to no single service.
-fn agent_resource() -> Resource {
+fn agent_resource() -> Vec<u8> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
-    Resource::builder_empty()
-        .with_attributes([
-            KeyValue::new("service.name", env!("CARGO_PKG_NAME")),
-            KeyValue::new("host.name", host),
-            KeyValue::new("telemetry.sdk.name", env!("CARGO_PKG_NAME")),
-            KeyValue::new("telemetry.sdk.language", "rust"),
-            KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
-        ])
-        .build()
+    proto::resource([
+        ("service.name", AnyValue::Str(env!("CARGO_PKG_NAME"))),
+        ("host.name", AnyValue::Str(&host)),
+        ("telemetry.sdk.name", AnyValue::Str(env!("CARGO_PKG_NAME"))),
+        ("telemetry.sdk.language", AnyValue::Str("rust")),
+        (
+            "telemetry.sdk.version",
+            AnyValue::Str(env!("CARGO_PKG_VERSION")),
+        ),
+    ])
 }
 
-fn key_values(attrs: &[(&'static str, Value)]) -> Vec<KeyValue> {
-    attrs
-        .iter()
-        .map(|(k, v)| match v {
-            Value::Str(s) => KeyValue::new(*k, s.to_string()),
-            Value::Int(i) => KeyValue::new(*k, *i),
-        })
-        .collect()
+/// Encoded `ExportMetricsServiceRequest`s, each with `prefix` bytes in front for the transport.
+struct Requests {
+    prefix: usize,
+    done: Vec<Vec<u8>>,
+    w: Writer,
 }
 
-fn overflow_attributes() -> Vec<KeyValue> {
-    vec![KeyValue::new(OVERFLOW_ATTRIBUTE, true)]
+impl Requests {
+    fn new(prefix: usize) -> Self {
+        Requests {
+            prefix,
+            done: Vec::new(),
+            w: Writer {
+                buf: vec![0; prefix],
+            },
+        }
+    }
+
+    /// Appends a `ResourceMetrics` with one metric, in a new request once this one is full.
+    fn metric(
+        &mut self,
+        resource: &[u8],
+        d: Descriptor,
+        points: &[Point<'_>],
+        temporality: Temporality,
+        now_ns: u64,
+    ) {
+        if self.w.buf.len() >= REQUEST_BYTES {
+            let full = std::mem::replace(&mut self.w.buf, vec![0; self.prefix]);
+            self.done.push(full);
+        }
+        self.w.message(1, |w| {
+            w.bytes(1, resource);
+            w.message(2, |w| {
+                w.message(1, |w| {
+                    w.bytes(1, env!("CARGO_PKG_NAME").as_bytes());
+                    w.bytes(2, env!("CARGO_PKG_VERSION").as_bytes());
+                });
+                w.message(2, |w| metric(w, d, points, temporality, now_ns));
+            });
+        });
+    }
+
+    fn finish(mut self) -> Vec<Vec<u8>> {
+        if self.w.buf.len() > self.prefix {
+            self.done.push(self.w.buf);
+        }
+        self.done
+    }
 }
 
-/// Binds SDK instruments to the aggregation's series, so that a measurement costs no attribute
-/// lookup; exported by [`Export::run`].
-pub struct Recorder {
+/// The body of a `Metric` message.
+fn metric(w: &mut Writer, d: Descriptor, points: &[Point<'_>], t: Temporality, now_ns: u64) {
+    w.bytes(1, d.name.as_bytes());
+    w.bytes(2, d.description.as_bytes());
+    w.bytes(3, d.unit.as_bytes());
+    let (field, monotonic) = match d.kind {
+        Kind::Histogram => (9, false),
+        Kind::Counter => (7, true),
+    };
+    w.message(field, |w| {
+        for p in points {
+            w.message(1, |w| point(w, p, now_ns));
+        }
+        w.uint(2, t.proto());
+        w.uint(3, u64::from(monotonic));
+    });
+}
+
+/// The body of a `HistogramDataPoint` or a `NumberDataPoint`.
+fn point(w: &mut Writer, p: &Point<'_>, now_ns: u64) {
+    match p.value {
+        PointValue::Histogram(h) => {
+            for (k, v) in &p.attributes {
+                w.key_value(9, k, *v);
+            }
+            w.fixed64(2, p.start_ns);
+            w.fixed64(3, now_ns);
+            w.fixed64(4, h.count);
+            w.double(5, h.sum);
+            w.packed64(6, h.buckets.iter().copied());
+            w.packed64(7, BOUNDS.iter().map(|b| b.to_bits()));
+        }
+        PointValue::Count(n) => {
+            for (k, v) in &p.attributes {
+                w.key_value(7, k, *v);
+            }
+            w.fixed64(2, p.start_ns);
+            w.fixed64(3, now_ns);
+            w.fixed64(6, n);
+        }
+    }
+}
+
+/// One process's RED points (`None`: the overflow shares, under the agent), by instrument.
+type ProcessPoints<'a> = (
+    Option<&'a Arc<ProcessInfo>>,
+    BTreeMap<Instrument, Vec<Point<'a>>>,
+);
+
+/// Encodes one export's points into requests: per process, its RED metrics under its resource;
+/// under the agent's resource, the overflow shares and the service graph.
+fn encode(
+    points: &Points,
+    agent: &[u8],
     temporality: Temporality,
-    processes: Mutex<HashMap<u32, Meters<Red>>>,
-    agent: Meters<AgentInstruments>,
-    /// Bumped whenever providers are dropped, so that instruments bound to them are let go.
-    generation: AtomicU64,
-}
-
-impl Recorder {
-    fn new(temporality: Temporality) -> Self {
-        Recorder {
-            temporality,
-            processes: Mutex::new(HashMap::new()),
-            agent: Meters::new(agent_resource(), temporality, agent_instruments),
-            generation: AtomicU64::new(0),
+    now_ns: u64,
+    prefix: usize,
+) -> Vec<Vec<u8>> {
+    let mut requests = Requests::new(prefix);
+    let mut emit = |resource: &[u8], d: Descriptor, all: &[Point<'_>]| {
+        for chunk in all.chunks(POINTS_PER_METRIC) {
+            requests.metric(resource, d, chunk, temporality, now_ns);
         }
-    }
+    };
 
-    fn processes(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Meters<Red>>> {
-        self.processes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    // RED: grouped by process (pid and identity), then by instrument.
+    let mut by_process: BTreeMap<(u32, usize), ProcessPoints<'_>> = BTreeMap::new();
+    for r in &points.red {
+        let id = r
+            .process
+            .as_ref()
+            .map_or((0, 0), |p| (p.pid, Arc::as_ptr(p) as usize));
+        let mut attributes: Vec<_> = r.key.attributes.iter().map(|(k, v)| (*k, any(v))).collect();
+        if r.process.is_none() && !r.key.is_overflow() {
+            attributes.push(OVERFLOWED);
+        }
+        by_process
+            .entry(id)
+            .or_insert_with(|| (r.process.as_ref(), BTreeMap::new()))
+            .1
+            .entry(r.key.instrument)
+            .or_default()
+            .push(Point {
+                attributes,
+                start_ns: r.start_ns,
+                value: PointValue::Histogram(&r.histogram),
+            });
     }
-
-    /// The RED histogram of a span's series, bound to its attributes in its process's provider;
-    /// `None` binds the instrument's overflow series in the agent's provider.
-    pub fn bind_red(
-        &self,
-        span: Option<&Span>,
-        instrument: Instrument,
-    ) -> Option<BoundHistogram<f64>> {
-        let Some(span) = span else {
-            return self
-                .agent
-                .instruments
-                .red
-                .bind(instrument, &overflow_attributes());
+    for (process, group) in by_process.values() {
+        let resource = match process {
+            Some(p) => proto::resource(resource_attributes(p)),
+            None => agent.to_vec(),
         };
-        let attrs = key_values(&Key::of(&Measured::by(span, instrument)).attributes);
-        let mut processes = self.processes();
-        let p = &span.process;
-        let current = processes
-            .get(&p.pid)
-            .is_some_and(|m| m.instruments.process.as_ref() == Some(p));
-        if !current {
-            if processes.len() >= MAX_PROVIDERS && !processes.contains_key(&p.pid) {
-                // Bounded: drop the providers of processes that are gone, else the lowest pid.
-                let gone: Vec<u32> = processes
-                    .keys()
-                    .copied()
-                    .filter(|pid| !alive(*pid))
-                    .collect();
-                let victims = if gone.is_empty() {
-                    processes.keys().min().copied().into_iter().collect()
-                } else {
-                    gone
-                };
-                for pid in victims {
-                    if let Some(m) = processes.remove(&pid) {
-                        let _ = m.provider.shutdown();
-                    }
-                }
-            }
-            let meters = Meters::new(
-                crate::export::otlp::resource(p),
-                self.temporality,
-                |provider| Red::new(provider, Some(p.clone())),
-            );
-            if let Some(old) = processes.insert(p.pid, meters) {
-                let _ = old.provider.shutdown();
-            }
-            self.generation.fetch_add(1, Ordering::Relaxed);
+        for (instrument, all) in group {
+            emit(&resource, red_descriptor(*instrument), all);
         }
-        processes.get(&p.pid)?.instruments.bind(instrument, &attrs)
     }
 
-    /// The service-graph instruments bound to one edge (or to the overflow series).
-    pub fn bind_edge(&self, edge: &Edge, overflowed: bool) -> BoundEdge {
-        let attrs = if overflowed {
-            overflow_attributes()
+    // The service graph.
+    let mut graph: [(Descriptor, Vec<Point<'_>>); 4] = [
+        (TOTAL, Vec::new()),
+        (FAILED, Vec::new()),
+        (SERVER, Vec::new()),
+        (CLIENT, Vec::new()),
+    ];
+    for e in &points.edges {
+        let attributes = if e.overflow {
+            vec![OVERFLOWED]
         } else {
             vec![
-                KeyValue::new("client", edge.client.to_string()),
-                KeyValue::new("server", edge.server.to_string()),
-                KeyValue::new("connection_type", edge.connection_type),
+                ("client", AnyValue::Str(&e.edge.client)),
+                ("server", AnyValue::Str(&e.edge.server)),
+                ("connection_type", AnyValue::Str(e.edge.connection_type)),
             ]
         };
-        let g = &self.agent.instruments.graph;
-        BoundEdge {
-            total: g.total.bind(&attrs),
-            failed: g.failed.bind(&attrs),
-            server: g.server.bind(&attrs),
-            client: g.client.bind(&attrs),
-        }
-    }
-
-    /// Changes whenever providers were dropped.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Relaxed)
-    }
-
-    /// Whether instruments bound for this process still feed a provider.
-    pub fn serves(&self, p: &Arc<ProcessInfo>) -> bool {
-        self.processes()
-            .get(&p.pid)
-            .is_some_and(|m| m.instruments.process.as_ref() == Some(p))
-    }
-
-    /// Collects every provider; forgets the providers of processes that are gone (their last
-    /// values are in this collection).
-    fn collect(&self) -> Vec<ResourceMetrics> {
-        let mut out = Vec::new();
-        let mut processes = self.processes();
-        let mut gone = Vec::new();
-        for (pid, m) in processes.iter() {
-            out.extend(m.collect());
-            if !alive(*pid) {
-                gone.push(*pid);
+        let s = &e.stats;
+        let values = [
+            Some(PointValue::Count(s.requests)),
+            Some(PointValue::Count(s.failed)),
+            (s.server.count > 0).then_some(PointValue::Histogram(&s.server)),
+            (s.client.count > 0).then_some(PointValue::Histogram(&s.client)),
+        ];
+        for ((_, into), value) in graph.iter_mut().zip(values) {
+            if let Some(value) = value {
+                into.push(Point {
+                    attributes: attributes.clone(),
+                    start_ns: e.start_ns,
+                    value,
+                });
             }
         }
-        for pid in &gone {
-            if let Some(m) = processes.remove(pid) {
-                let _ = m.provider.shutdown();
-            }
-        }
-        if !gone.is_empty() {
-            self.generation.fetch_add(1, Ordering::Relaxed);
-        }
-        drop(processes);
-        out.extend(self.agent.collect());
-        out
     }
+    for (d, all) in &graph {
+        emit(agent, *d, all);
+    }
+    requests.finish()
 }
 
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// OTLP metrics export: the recorder the aggregation feeds, and the exporter.
+/// OTLP metrics export: every interval, the aggregation's points to the collector.
 pub struct Export {
     config: Config,
-    recorder: Arc<Recorder>,
-    exporter: MetricExporter,
+    transport: Transport,
+    metrics: Arc<Metrics>,
+    agent: Vec<u8>,
 }
 
 impl Export {
-    /// Builds the exporter (which checks the configuration) and its recorder.
-    pub fn start(config: Config) -> Result<Self> {
-        let exporter = config.build()?;
-        let recorder = Arc::new(Recorder::new(exporter.temporality()));
+    /// Checks the configuration (connections are made on first use).
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Self> {
+        let transport = Transport::new(&config.target)?;
         Ok(Export {
             config,
-            recorder,
-            exporter,
+            transport,
+            metrics,
+            agent: agent_resource(),
         })
     }
 
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    pub fn recorder(&self) -> Arc<Recorder> {
-        self.recorder.clone()
     }
 
     /// Exports every interval until `stop`, then once more.
@@ -480,28 +555,58 @@ impl Export {
         tick.tick().await;
         loop {
             tokio::select! {
-                _ = tick.tick() => export(&self.recorder, &self.exporter, &stats).await,
+                _ = tick.tick() => self.export(&stats).await,
                 _ = stop.changed() => break,
             }
         }
-        export(&self.recorder, &self.exporter, &stats).await;
-        if let Err(err) = self.exporter.shutdown() {
-            debug!("metrics exporter shutdown: {err}");
+        self.export(&stats).await;
+    }
+
+    /// Sends the points as they are now; processes that are gone are forgotten after their
+    /// last values.
+    async fn export(&self, stats: &Stats) {
+        let now = wall_ns();
+        let t = self.config.temporality;
+        let mut seen = HashMap::new();
+        let points = self
+            .metrics
+            .otlp_points(t, now, |pid| *seen.entry(pid).or_insert_with(|| alive(pid)));
+        let prefix = transport::prefix_len(self.config.target.protocol);
+        let requests = encode(&points, &self.agent, t, now, prefix);
+        debug!(
+            points = points.red.len() + points.edges.len(),
+            requests = requests.len(),
+            "exporting metrics"
+        );
+        for body in requests {
+            let body = self.transport.seal(body);
+            match tokio::time::timeout(self.config.timeout, self.transport.send(body)).await {
+                Ok(Ok(outcome)) => {
+                    stats.inc(&stats.metric_exports);
+                    if outcome.rejected > 0 {
+                        stats.add(&stats.metric_points_rejected, outcome.rejected);
+                        warn!(
+                            points = outcome.rejected,
+                            "the OTLP collector rejected metric data points"
+                        );
+                    }
+                }
+                Ok(Err(err)) => {
+                    stats.inc(&stats.metric_exports_failed);
+                    warn!("OTLP metrics export failed: {err}");
+                }
+                Err(_) => {
+                    stats.inc(&stats.metric_exports_failed);
+                    warn!(
+                        "OTLP metrics export timed out after {:?} (OTEL_METRIC_EXPORT_TIMEOUT)",
+                        self.config.timeout
+                    );
+                }
+            }
         }
     }
 }
 
-async fn export(recorder: &Recorder, exporter: &MetricExporter, stats: &Stats) {
-    for rm in recorder.collect() {
-        if rm.scope_metrics().next().is_none() {
-            continue;
-        }
-        match exporter.export(&rm).await {
-            Ok(()) => stats.inc(&stats.metric_exports),
-            Err(err) => {
-                stats.inc(&stats.metric_exports_failed);
-                warn!("OTLP metrics export failed: {err}");
-            }
-        }
-    }
-}
+#[cfg(test)]
+#[path = "otlp_tests.rs"]
+mod tests;

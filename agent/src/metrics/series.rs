@@ -138,8 +138,14 @@ impl<K: PartialEq, V: Default> Series<K, V> {
         self.map.values().flatten().map(|(k, v)| (k, v))
     }
 
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.map.values_mut().flatten().map(|(_, v)| v)
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.map.values_mut().flatten().map(|(k, v)| (&*k, v))
+    }
+
+    /// Counts a measurement that went to an overflow series another way (a series' overflow
+    /// share of processes, `otlp::Share::record`).
+    pub fn count_overflow(&mut self) {
+        self.overflowed += 1;
     }
 }
 

@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn rates_and_percentiles_cover_the_window() {
-        let metrics = Metrics::new(100, None);
+        let metrics = Metrics::new(100, false);
         let (front, back) = (process(1, "front"), process(2, "back"));
         let t0 = Instant::now();
         let call = |id: u8| {

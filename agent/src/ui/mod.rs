@@ -123,7 +123,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_the_page_and_its_api() {
-        let metrics = Arc::new(Metrics::new(100, None));
+        let metrics = Arc::new(Metrics::new(100, false));
         let recent = Arc::new(Recent::default());
         let span = server(&process(1, "shop"), 1, "/cart/{id}", 200);
         metrics.observe(&span, Instant::now());
