@@ -6,25 +6,18 @@
 //! buffer is the only queue between the kernel and the parsers: when the reader falls behind,
 //! the kernel counts what no longer fits, so loss is always counted.
 
-use std::{
-    os::fd::{AsFd as _, AsRawFd, RawFd},
-    time::Duration,
-};
+use std::{os::fd::AsRawFd, time::Duration};
 
 use agent_common::{
     ConnInfo, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_DATA, EVENT_OPEN, EVENT_PROC,
     EventHeader, MAX_PAYLOAD, PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_MMAP_EXEC, PROC_PORT,
     ProcEvent, SOURCE_TLS,
 };
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
-use nix::sys::{
-    time::TimeSpec,
-    timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags},
-};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::stats::Stats;
+use crate::{stats::Stats, timer::Timer};
 
 /// Which way bytes went, seen from the traced process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -222,7 +215,7 @@ impl Capture {
         each: impl FnMut(Event<'_>),
     ) -> Result<usize> {
         let backstop = &mut self.backstop;
-        let armed = backstop.armed;
+        let armed = backstop.timer.armed();
         tokio::select! {
             guard = self.fd.readable_mut() => {
                 let mut guard = guard?;
@@ -236,16 +229,7 @@ impl Capture {
                 }
                 Ok(n)
             }
-            guard = backstop.timer.readable(), if armed => {
-                let mut guard = guard?;
-                // Readiness can be stale: the timer expired while a drain ran, and `arm` has set
-                // it again since. Only a read that finds an expiration means the look is due.
-                let expired = guard.get_inner().0.wait().is_ok();
-                guard.clear_ready();
-                if !expired {
-                    return Ok(0);
-                }
-                backstop.armed = false;
+            () = backstop.timer.expired(), if armed => {
                 let n = drain(self.fd.get_mut(), max, stats, each);
                 if n > 0 {
                     backstop.arm();
@@ -300,34 +284,22 @@ fn drain(
 /// traffic flows: an idle agent is never woken by it (a periodic timer cost an idle agent a
 /// wake-up every 200 ms), and the most a record waits is the window and `BACKSTOP_MARGIN`.
 ///
-/// The timer is a `timerfd` in the runtime's epoll set, set again by each drain, rather than a
-/// tokio `Sleep`. With steady traffic the kernel wakes the reader a little before each deadline,
-/// so the timer should never fire; a tokio timer did wake the runtime each time, twice over:
-/// its wheel moves a timer to a later deadline lazily (the runtime woke at the old one), and a
-/// timer more than 64 ms away is cascaded down the wheel by a wake-up of its own. Together they
-/// doubled the agent's wake-ups beside a Python service at 200 requests/s.
+/// The timer is a `timer::Timer` (a `timerfd`), set again by each drain. With steady traffic the
+/// kernel wakes the reader a little before each deadline, so the timer should never fire; a
+/// tokio timer did wake the runtime each time (see `timer`), which doubled the agent's wake-ups
+/// beside a Python service at 200 requests/s.
 struct Backstop {
-    timer: AsyncFd<Timer>,
-    armed: bool,
+    timer: Timer,
     /// How long after a drain it looks again: past the kernel's ride-along window.
     after: Duration,
 }
 
-/// A `TimerFd` as tokio registers fds (by raw fd).
-struct Timer(TimerFd);
-
 /// Registers `owner`'s fd with tokio's reactor, for reading.
-fn register<T: AsRawFd>(owner: T, what: &str) -> Result<AsyncFd<T>> {
+pub(crate) fn register<T: AsRawFd>(owner: T, what: &str) -> Result<AsyncFd<T>> {
     // SAFETY: the AsyncFd takes `owner`, whose fd stays open and unchanged until the AsyncFd is
-    // dropped (both callers pass the value that owns the fd).
+    // dropped (every caller passes the value that owns the fd).
     unsafe { AsyncFd::register_with_interest(owner, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering {what} with tokio: {}", e.into_parts().1))
-}
-
-impl AsRawFd for Timer {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
 }
 
 /// How much later than the kernel's ride-along window the backstop looks, after a drain.
@@ -337,28 +309,15 @@ impl Backstop {
     /// A disarmed backstop that looks `after` each drain; it needs the tokio runtime (its fd
     /// joins the reactor).
     fn new(after: Duration) -> Result<Self> {
-        let timer = TimerFd::new(
-            ClockId::CLOCK_MONOTONIC,
-            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
-        )
-        .context("creating the ring buffer's backstop timer (timerfd)")?;
-        let timer = register(Timer(timer), "the backstop timer")?;
         Ok(Backstop {
-            timer,
-            armed: false,
+            timer: Timer::new("ring buffer's backstop")?,
             after,
         })
     }
 
     /// Looks again `after` from now (a drain just ran: records may ride along after it).
-    /// Setting a timerfd replaces its deadline and clears any expiration not read yet.
     fn arm(&mut self) {
-        let at = Expiration::OneShot(TimeSpec::from_duration(self.after));
-        match self.timer.get_ref().0.set(at, TimerSetTimeFlags::empty()) {
-            Ok(()) => self.armed = true,
-            // Not expected with valid arguments; records then wait for the kernel's next wake-up.
-            Err(err) => tracing::warn!(%err, "setting the ring buffer's backstop timer failed"),
-        }
+        self.timer.once(self.after);
     }
 }
 

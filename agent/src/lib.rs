@@ -25,6 +25,7 @@ pub mod process;
 pub mod protocol;
 pub mod select;
 pub mod stats;
+pub mod timer;
 pub mod tls;
 pub mod trace;
 pub mod ui;

@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use aya::maps::{MapData, PerCpuArray};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
@@ -38,6 +39,7 @@ use crate::{
         tracker::{Change, Reason},
     },
     stats::{self, Stats},
+    timer::Timer,
     tls,
     trace::{Linker, Span, sampler::Sampler},
     ui,
@@ -213,8 +215,10 @@ pub async fn run(config: Config) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (outlet, export) = export::start(sink, queue_size(), stats.clone());
 
+    let timers = Timers::new(outlet.flush_every())?;
     let process = tokio::spawn(process_loop(
         Capture::new(ring, wakeup_window)?,
+        timers,
         stop_rx,
         outlet,
         Stages {
@@ -227,6 +231,7 @@ pub async fn run(config: Config) -> Result<()> {
                 metrics: metrics.clone(),
                 recent,
             },
+            counters: counter_map,
         },
         stats.clone(),
     ));
@@ -243,20 +248,12 @@ pub async fn run(config: Config) -> Result<()> {
     // otherwise keep resident.
     crate::memory::release_freed();
     info!("ready: tracing {description}");
-    let mut refresh = tokio::time::interval(Duration::from_secs(1));
-    let mut report = tokio::time::interval(Duration::from_secs(30));
-    report.tick().await;
+    // Only signals wake this task: the periodic work runs on the process loop's timers.
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sigusr1.recv() => print_summary(&metrics),
-            _ = refresh.tick() => {
-                if let Ok(k) = loader::sum_counters(&counter_map) {
-                    stats.set_kernel(&k);
-                }
-            }
-            _ = report.tick() => log_losses(&stats),
         }
     }
     info!("stopping: detaching programs and flushing spans");
@@ -276,10 +273,6 @@ pub async fn run(config: Config) -> Result<()> {
         task.await.context("metrics export task")?;
     }
     print_summary(&metrics);
-    // Read after the drain, so the totals are final (the counter map outlives the programs).
-    if let Ok(k) = loader::sum_counters(&counter_map) {
-        stats.set_kernel(&k);
-    }
     for (name, v) in stats::kernel_counter_names().iter().zip(&stats.kernel) {
         let v = v.load(std::sync::atomic::Ordering::Relaxed);
         if v > 0 {
@@ -318,6 +311,43 @@ fn log_losses(stats: &Stats) {
     debug!(snap = ?stats.snapshot(), "counters");
 }
 
+/// The process loop's periodic work, on `timer::Timer`s rather than tokio's (see `timer`).
+struct Timers {
+    /// Housekeeping, every second; the sweep and the loss report every so many seconds.
+    second: Timer,
+    /// A batch of exported spans that is not full yet leaves every `OTEL_BSP_SCHEDULE_DELAY`.
+    flush: Timer,
+    flush_every: Option<Duration>,
+    /// Frequent enough that a SERVER span waiting for its client is not held long. It only runs
+    /// while the linker waits on time: an idle agent is not woken ten times a second for
+    /// nothing.
+    link: Timer,
+}
+
+/// How often the linker looks at SERVER requests waiting for their client.
+const LINK_TICK: Duration = Duration::from_millis(100);
+/// Connections idle this many seconds are looked at (`IDLE`), every this many seconds.
+const SWEEP_SECONDS: u64 = 10;
+/// Kernel losses so far are logged every this many seconds.
+const REPORT_SECONDS: u64 = 30;
+
+impl Timers {
+    fn new(flush_every: Option<Duration>) -> Result<Self> {
+        let mut second = Timer::new("housekeeping")?;
+        second.every(Duration::from_secs(1));
+        let mut flush = Timer::new("export batch delay")?;
+        if let Some(every) = flush_every {
+            flush.every(every);
+        }
+        Ok(Timers {
+            second,
+            flush,
+            flush_every,
+            link: Timer::new("linker")?,
+        })
+    }
+}
+
 /// The stages the process loop drives.
 struct Stages {
     tracker: Tracker,
@@ -328,6 +358,8 @@ struct Stages {
     /// Probes TLS libraries as processes load them.
     tls: tls::Attacher,
     observers: Observers,
+    /// The kernel programs' counters, read into `Stats` every second and once more at the end.
+    counters: PerCpuArray<MapData, u64>,
 }
 
 /// What sees every span, sampled or not: the metrics, and the web view's recent traces.
@@ -384,6 +416,7 @@ impl Work {
 /// record is parsed where the kernel wrote it.
 async fn process_loop(
     mut capture: Capture,
+    mut timers: Timers,
     mut stop: watch::Receiver<bool>,
     mut outlet: Outlet,
     mut st: Stages,
@@ -395,23 +428,17 @@ async fn process_loop(
         spans: Vec::new(),
         exited: Vec::new(),
     };
-    // Gauges, old CLIENT requests forgotten, and the service graph's halves that waited too
-    // long for their pair counted: a second or so late, by a scan of each table that ten times
-    // a second cost 5% of the agent's CPU beside a Python service calling untraced peers.
-    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
-    let mut sweep = tokio::time::interval(Duration::from_secs(10));
-    // Frequent enough that a SERVER span waiting for its client is not held long. It only runs
-    // while the linker waits on time: an idle agent is not woken ten times a second for
-    // nothing.
-    let mut link_tick = tokio::time::interval(Duration::from_millis(100));
-    link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // A batch of exported spans that is not full yet leaves every `OTEL_BSP_SCHEDULE_DELAY`.
-    let flush_every = outlet.flush_every();
-    let mut flush = tokio::time::interval(flush_every.unwrap_or(Duration::from_secs(1)));
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seconds = 0u64;
     let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
     loop {
         let waiting = st.linker.waiting();
+        if waiting != timers.link.armed() {
+            if waiting {
+                timers.link.every(LINK_TICK);
+            } else {
+                timers.link.disarm();
+            }
+        }
         st.linker.refresh_clock();
         tokio::select! {
             read = capture.next_batch(BATCH, &stats, |ev| work.event(ev, &mut st, &stats)) => {
@@ -421,24 +448,22 @@ async fn process_loop(
                     break;
                 }
             }
-            _ = link_tick.tick(), if waiting => {
+            () = timers.link.expired(), if waiting => {
                 st.linker.tick(clock::monotonic_ns(), &mut st.processes, &stats, &mut work.spans);
             }
-            _ = housekeeping.tick() => {
-                st.linker.tick(clock::monotonic_ns(), &mut st.processes, &stats, &mut work.spans);
-                st.observers.metrics.tick(Instant::now());
-                stats.set(&stats.gauges.ring_buffer_queued_bytes, capture.queued_bytes());
-                stats.set(&stats.gauges.connections, work.table.len() as u64);
-                stats.set(&stats.gauges.requests_in_flight, st.linker.tracked() as u64);
-                stats.set(&stats.gauges.processes_traced, st.tracker.traced().count() as u64);
-                stats.set(&stats.gauges.spans_queue_depth, outlet.queued());
+            () = timers.second.expired() => {
+                seconds += 1;
+                housekeeping(&mut st, &mut work, &capture, &outlet, &stats);
+                if seconds.is_multiple_of(SWEEP_SECONDS) {
+                    let cutoff = clock::monotonic_ns().saturating_sub(IDLE.as_nanos() as u64);
+                    let gone = work.table.expire(cutoff, alive, &stats, &mut work.records);
+                    work.exited.extend(gone);
+                }
+                if seconds.is_multiple_of(REPORT_SECONDS) {
+                    log_losses(&stats);
+                }
             }
-            _ = flush.tick(), if flush_every.is_some() => outlet.flush(&stats),
-            _ = sweep.tick() => {
-                let cutoff = clock::monotonic_ns().saturating_sub(IDLE.as_nanos() as u64);
-                let gone = work.table.expire(cutoff, alive, &stats, &mut work.records);
-                work.exited.extend(gone);
-            }
+            () = timers.flush.expired(), if timers.flush_every.is_some() => outlet.flush(&stats),
             _ = stop.changed() => break,
         }
         work.link(&mut st, &stats);
@@ -460,6 +485,47 @@ async fn process_loop(
     st.linker.flush(&mut st.processes, &stats, &mut work.spans);
     observe(&work.spans, &stats, &st.observers);
     outlet.close(work.spans, &stats).await;
+    // After the drain, so the totals are final (the counter map outlives the programs).
+    read_kernel_counters(&st.counters, &stats);
+}
+
+/// Once a second: old CLIENT requests forgotten, the service graph's halves that waited too
+/// long for their pair counted, and the gauges and kernel counters read. A second or so late is
+/// soon enough for all of it: a scan of each table ten times a second cost 5% of the agent's
+/// CPU beside a Python service calling untraced peers.
+fn housekeeping(
+    st: &mut Stages,
+    work: &mut Work,
+    capture: &Capture,
+    outlet: &Outlet,
+    stats: &Stats,
+) {
+    st.linker.tick(
+        clock::monotonic_ns(),
+        &mut st.processes,
+        stats,
+        &mut work.spans,
+    );
+    st.observers.metrics.tick(Instant::now());
+    stats.set(
+        &stats.gauges.ring_buffer_queued_bytes,
+        capture.queued_bytes(),
+    );
+    stats.set(&stats.gauges.connections, work.table.len() as u64);
+    stats.set(&stats.gauges.requests_in_flight, st.linker.tracked() as u64);
+    stats.set(
+        &stats.gauges.processes_traced,
+        st.tracker.traced().count() as u64,
+    );
+    stats.set(&stats.gauges.spans_queue_depth, outlet.queued());
+    read_kernel_counters(&st.counters, stats);
+}
+
+fn read_kernel_counters(map: &PerCpuArray<MapData, u64>, stats: &Stats) {
+    match loader::sum_counters(map) {
+        Ok(k) => stats.set_kernel(&k),
+        Err(err) => debug!(%err, "reading the kernel counters failed"),
+    }
 }
 
 /// A process forked, exec'd, exited or was selected by port. Returns the pid of a process that
