@@ -172,6 +172,14 @@ pub mod counter {
     pub const COUNT: u32 = 12;
 }
 
+/// Every kernel counter (`counter::*`, by index), in one per-CPU slot of `COUNTERS`: userspace
+/// reads them all with one lookup a second (a slot per counter took a syscall each).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub values: [u64; counter::COUNT as usize],
+}
+
 /// Bits of `Settings::flags`: which selectors the kernel evaluates on its own.
 pub mod select {
     /// Every process is traced except the excluded ones (`--all`).
@@ -357,6 +365,7 @@ const _: () = assert!(core::mem::size_of::<DataEvent>() == 112 + MAX_PAYLOAD * 2
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
 const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<Counters>() == 8 * counter::COUNT as usize);
 const _: () = assert!(MAX_PAYLOAD.is_power_of_two());
 const _: () = assert!(wakeup_bytes(4 << 20) == WAKEUP_BYTES && wakeup_bytes(1 << 20) == 128 << 10);
 
@@ -369,4 +378,5 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::ProcEvent {}
+    unsafe impl aya::Pod for super::Counters {}
 }

@@ -2,7 +2,7 @@
 //! event is counted under a `counter::*` reason instead of vanishing.
 
 use agent_common::{
-    ConnInfo, DataEvent, KernelOffsets, Settings, WAKEUP_WINDOW_NS, counter, select,
+    ConnInfo, Counters, DataEvent, KernelOffsets, Settings, WAKEUP_WINDOW_NS, select,
 };
 use aya_ebpf::{
     Global,
@@ -105,9 +105,9 @@ pub static CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(65_53
 #[map]
 pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU counters, indexed by `agent_common::counter::*`.
+/// Per-CPU counters: one slot holding all of them (`agent_common::Counters`).
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 
 /// How a syscall passes its buffer.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -186,9 +186,11 @@ pub fn wakeup_flags(now: u64) -> u64 {
 /// Adds one to a counter.
 #[inline(always)]
 pub fn count(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
-        unsafe { *slot += 1 };
+        if let Some(v) = unsafe { (*slot).values.get_mut(index as usize) } {
+            *v += 1;
+        }
     }
 }
 

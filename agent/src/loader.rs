@@ -4,7 +4,7 @@
 
 use std::{path::Path, time::Duration};
 
-use agent_common::{ConnInfo, KernelOffsets, Settings, counter};
+use agent_common::{ConnInfo, Counters, KernelOffsets, Settings, counter};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -96,7 +96,7 @@ pub struct Probes {
     /// Keeps the programs (and their links) alive.
     pub ebpf: Ebpf,
     /// Kernel-side counters.
-    pub counters: PerCpuArray<MapData, u64>,
+    pub counters: PerCpuArray<MapData, Counters>,
 }
 
 /// The maps through which userspace tells the kernel which processes to trace.
@@ -260,10 +260,14 @@ impl Probes {
 }
 
 /// Sums a per-CPU counter map, indexed by `agent_common::counter`.
-pub fn sum_counters(map: &PerCpuArray<MapData, u64>) -> Result<[u64; counter::COUNT as usize]> {
+pub fn sum_counters(
+    map: &PerCpuArray<MapData, Counters>,
+) -> Result<[u64; counter::COUNT as usize]> {
     let mut out = [0u64; counter::COUNT as usize];
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = map.get(&(i as u32), 0)?.iter().sum();
+    for cpu in map.get(&0, 0)?.iter() {
+        for (sum, v) in out.iter_mut().zip(cpu.values) {
+            *sum += v;
+        }
     }
     Ok(out)
 }

@@ -359,7 +359,7 @@ struct Stages {
     tls: tls::Attacher,
     observers: Observers,
     /// The kernel programs' counters, read into `Stats` every second and once more at the end.
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, agent_common::Counters>,
 }
 
 /// What sees every span, sampled or not: the metrics, and the web view's recent traces.
@@ -521,7 +521,7 @@ fn housekeeping(
     read_kernel_counters(&st.counters, stats);
 }
 
-fn read_kernel_counters(map: &PerCpuArray<MapData, u64>, stats: &Stats) {
+fn read_kernel_counters(map: &PerCpuArray<MapData, agent_common::Counters>, stats: &Stats) {
     match loader::sum_counters(map) {
         Ok(k) => stats.set_kernel(&k),
         Err(err) => debug!(%err, "reading the kernel counters failed"),
