@@ -1,7 +1,7 @@
 //! Message heads: recognising where a message starts, parsing request heads with `httparse`,
 //! and reading response heads for their status and framing (`scan_response`).
 
-use std::ops::ControlFlow;
+use std::{mem::MaybeUninit, ops::ControlFlow};
 
 use smol_str::SmolStr;
 
@@ -52,9 +52,9 @@ pub fn looks_like(buf: &[u8]) -> Looks {
     if trimmed.starts_with(RESP) {
         return Looks::Response;
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(trimmed) {
+    let mut headers = no_headers();
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(trimmed, &mut headers) {
         Ok(httparse::Status::Complete(_)) => Looks::Request,
         Ok(httparse::Status::Partial) => {
             // A partial parse is only trusted once the method and a space are there.
@@ -71,6 +71,12 @@ pub fn looks_like(buf: &[u8]) -> Looks {
         Err(httparse::Error::TooManyHeaders) => Looks::Request,
         Err(_) => Looks::NotHttp,
     }
+}
+
+/// Room for the fields of a head, left uninitialised: the parser writes those it finds, and
+/// zeroing 64 of them first (2 KiB) was ~5% of the userspace cost of an HTTP/1 exchange.
+fn no_headers<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
 }
 
 fn trim_leading_crlf(buf: &[u8]) -> &[u8] {
@@ -119,9 +125,9 @@ pub(super) fn parse_request(s: &Stream) -> HeadResult<(Request, u64, Framed)> {
     let Some(head) = head_bytes(s) else {
         return HeadResult::Invalid;
     };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
+    let mut headers = no_headers();
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, &mut headers) {
         Ok(httparse::Status::Complete(n)) => {
             let skipped = head.len() - trim_leading_crlf(head).len();
             let (first, last) = head_times(s, skipped, n);
