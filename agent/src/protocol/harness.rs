@@ -27,6 +27,7 @@ macro_rules! feed {
 }
 
 feed!(
+    super::http1::Http1,
     super::mysql::Mysql,
     super::postgres::Postgres,
     super::redis::Redis,
@@ -56,12 +57,13 @@ impl<P: Feed> Harness<P> {
         }
     }
 
+    /// The `n`-th syscall fed: entered at `10 n` ns, left 5 ns later, on thread `n`.
     fn time(&mut self) -> SyscallTime {
         self.clock += 10;
         SyscallTime {
             enter_ns: self.clock,
             exit_ns: self.clock + 5,
-            tid: 1,
+            tid: (self.clock / 10) as u32,
         }
     }
 

@@ -179,9 +179,9 @@ fn started_records_carry_context_and_fingerprint() {
     assert_eq!(starts[1].fingerprint, starts[2].fingerprint);
     assert_ne!(starts[0].fingerprint, starts[1].fingerprint);
     h.close();
-    h.check_record_lifecycle();
+    h.inner.check_lifecycle();
     assert_eq!(
-        h.records
+        h.records()
             .iter()
             .filter(|r| matches!(r, Record::Abandoned { .. }))
             .count(),

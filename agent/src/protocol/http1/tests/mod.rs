@@ -8,6 +8,7 @@ use crate::{
     protocol::{Exchange as AnyExchange, harness, http::Version},
 };
 
+/// The kernel time of the `n`-th syscall the harness feeds (`harness::Harness`).
 fn t(n: u64) -> SyscallTime {
     SyscallTime {
         enter_ns: n * 10,
@@ -16,46 +17,35 @@ fn t(n: u64) -> SyscallTime {
     }
 }
 
-/// A connection under test: request stream, response stream, parser, output.
+/// A connection under test: the parsers' common harness, with the HTTP/1 exchanges finished so
+/// far kept aside (most tests look at them alone).
 struct Harness {
-    req: Stream,
-    resp: Stream,
-    http: Http1,
-    stats: Stats,
+    inner: harness::Harness<Http1>,
+    /// The finished exchanges, in order.
     out: Vec<Exchange>,
-    /// Every record, in order.
-    records: Vec<Record>,
-    clock: u64,
+    /// Records of `inner.out` already looked at.
+    seen: usize,
 }
 
 impl Harness {
     fn new() -> Self {
         Self {
-            req: Stream::new(1 << 20),
-            resp: Stream::new(1 << 20),
-            http: Http1::new(),
-            stats: Stats::default(),
+            inner: harness::Harness::new(Http1::new()),
             out: Vec::new(),
-            records: Vec::new(),
-            clock: 0,
+            seen: 0,
         }
     }
 
-    fn tick(&mut self) -> SyscallTime {
-        self.clock += 1;
-        t(self.clock)
-    }
-
-    /// Keeps every record and collects the finished exchanges.
-    fn take(&mut self, records: Vec<Record>) {
-        for r in records {
-            if let Record::Finished { exchange, .. } = &r
+    /// Collects the exchanges finished since the last look.
+    fn collect(&mut self) {
+        for r in &self.inner.out[self.seen..] {
+            if let Record::Finished { exchange, .. } = r
                 && let AnyExchange::Http(exchange) = &**exchange
             {
                 self.out.push(exchange.clone());
             }
-            self.records.push(r);
         }
+        self.seen = self.inner.out.len();
     }
 
     fn request(&mut self, bytes: &[u8]) {
@@ -64,12 +54,8 @@ impl Harness {
 
     /// Like `request` but only `captured` bytes of `len` are known.
     fn request_gap(&mut self, captured: &[u8], len: u64) {
-        let time = self.tick();
-        self.req.push(captured, len, time);
-        let mut records = Vec::new();
-        self.http
-            .feed_requests(&mut self.req, &self.stats, &mut records);
-        self.take(records);
+        self.inner.client_gap(captured, len);
+        self.collect();
     }
 
     fn response(&mut self, bytes: &[u8]) {
@@ -77,45 +63,32 @@ impl Harness {
     }
 
     fn response_gap(&mut self, captured: &[u8], len: u64) {
-        let time = self.tick();
-        self.resp.push(captured, len, time);
-        let mut records = Vec::new();
-        self.http
-            .feed_responses(&mut self.resp, &self.stats, &mut records);
-        self.take(records);
+        self.inner.server_gap(captured, len);
+        self.collect();
     }
 
     fn close(&mut self) {
-        let mut records = Vec::new();
-        self.http.close(&self.stats, &mut records);
-        self.take(records);
+        let h = &mut self.inner;
+        h.parser.close(&h.stats, &mut h.out);
+        self.collect();
     }
 
-    /// Every request reported as started is later either finished or abandoned, exactly once
-    /// (once the connection is closed), and nothing is finished or abandoned that did not start.
-    fn check_record_lifecycle(&self) {
-        use std::collections::HashMap;
-        let mut state: HashMap<u64, &str> = HashMap::new();
-        for r in &self.records {
-            match r {
-                Record::Started(s) => {
-                    assert!(state.insert(s.id, "started").is_none(), "{r:?} twice");
-                }
-                Record::Finished { id, .. } | Record::Abandoned { id } => {
-                    assert_eq!(state.insert(*id, "ended"), Some("started"), "{r:?}");
-                }
-            }
-        }
-        assert!(
-            state.values().all(|s| *s == "ended"),
-            "a started request neither finished nor abandoned: {:?}",
-            self.records
-        );
+    /// Every record, in order.
+    fn records(&self) -> &[Record] {
+        &self.inner.out
+    }
+
+    fn http(&mut self) -> &mut Http1 {
+        &mut self.inner.parser
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.inner.stats
     }
 
     /// The requests reported as started, in order.
     fn starts(&self) -> Vec<&Start> {
-        self.records
+        self.records()
             .iter()
             .filter_map(|r| match r {
                 Record::Started(s) => Some(s),
@@ -280,7 +253,7 @@ fn lost_chunk_framing_ends_at_next_response() {
     // The lost response ends with the last syscall before the next response.
     assert_eq!(h.out[0].response.last, t(3));
     assert!(
-        h.stats
+        h.stats()
             .http_resyncs
             .load(std::sync::atomic::Ordering::Relaxed)
             > 0
@@ -334,7 +307,7 @@ fn upgrade_stops_parsing() {
     h.request(b"\x81\x85garbage");
     h.response(b"HTTP/1.1 200 OK\r\n\r\n");
     assert_eq!(h.pairs(), vec![("/ws".into(), 101)]);
-    assert!(h.http.is_tunnel());
+    assert!(h.http().is_tunnel());
 }
 
 #[test]
@@ -343,7 +316,7 @@ fn response_without_request_is_never_paired() {
     h.response(OK);
     assert!(h.out.is_empty());
     assert_eq!(
-        h.stats
+        h.stats()
             .responses_unpaired
             .load(std::sync::atomic::Ordering::Relaxed),
         1
@@ -375,7 +348,7 @@ fn truncated_messages_do_not_complete() {
     h.close();
     assert!(h.out.is_empty());
     assert_eq!(
-        h.stats
+        h.stats()
             .requests_unanswered
             .load(std::sync::atomic::Ordering::Relaxed),
         1
@@ -444,7 +417,7 @@ fn fuzz_random_splits_and_garbage() {
             i = end;
         }
         h.close();
-        h.check_record_lifecycle();
+        h.inner.check_lifecycle();
         for e in &h.out {
             let idx = harness::target_index(&e.request.target);
             if round % 3 != 0 {
@@ -457,7 +430,7 @@ fn fuzz_random_splits_and_garbage() {
         h.request(&junk);
         h.response(&junk);
         h.close();
-        h.check_record_lifecycle();
+        h.inner.check_lifecycle();
     }
 }
 
@@ -484,18 +457,18 @@ fn h2c_upgrade_hands_the_request_over() {
     let mut h = Harness::new();
     h.request(b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n");
     h.response(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n");
-    assert!(h.http.is_tunnel());
-    let (id, req) = h.http.take_h2c().expect("upgraded request");
+    assert!(h.http().is_tunnel());
+    let (id, req) = h.http().take_h2c().expect("upgraded request");
     assert_eq!(req.target, "/up");
     assert!(h.out.is_empty(), "its response is still to come, in HTTP/2");
-    assert!(matches!(h.records[0], Record::Started(Start { id: started, .. }) if started == id));
+    assert!(matches!(h.records()[0], Record::Started(Start { id: started, .. }) if started == id));
     // A websocket upgrade is an ordinary tunnel.
     let mut w = Harness::new();
     w.request(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
     w.response(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
     );
-    assert!(w.http.take_h2c().is_none());
+    assert!(w.http().take_h2c().is_none());
     assert_eq!(w.pairs(), vec![("/ws".into(), 101)]);
 }
 
