@@ -9,8 +9,12 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message as _;
 
-use super::*;
+use super::{
+    encode::{REQUEST_BYTES, agent_resource, encode},
+    *,
+};
 use crate::metrics::tests::{client, process, server, under};
+use crate::metrics::{histogram::BOUNDS, series::OVERFLOW_ATTRIBUTE};
 
 const NOW: u64 = 1_800_000_000_000_000_000;
 
