@@ -315,9 +315,9 @@ fn log_losses(stats: &Stats) {
 struct Timers {
     /// Housekeeping, every second; the sweep and the loss report every so many seconds.
     second: Timer,
-    /// A batch of exported spans that is not full yet leaves every `OTEL_BSP_SCHEDULE_DELAY`.
+    /// A batch of exported spans that is not full yet leaves every `OTEL_BSP_SCHEDULE_DELAY`
+    /// (armed only when spans are exported).
     flush: Timer,
-    flush_every: Option<Duration>,
     /// Frequent enough that a SERVER span waiting for its client is not held long. It only runs
     /// while the linker waits on time: an idle agent is not woken ten times a second for
     /// nothing.
@@ -326,7 +326,7 @@ struct Timers {
 
 /// How often the linker looks at SERVER requests waiting for their client.
 const LINK_TICK: Duration = Duration::from_millis(100);
-/// Connections idle this many seconds are looked at (`IDLE`), every this many seconds.
+/// Connections idle for longer than `IDLE` are looked for every this many seconds.
 const SWEEP_SECONDS: u64 = 10;
 /// Kernel losses so far are logged every this many seconds.
 const REPORT_SECONDS: u64 = 30;
@@ -342,7 +342,6 @@ impl Timers {
         Ok(Timers {
             second,
             flush,
-            flush_every,
             link: Timer::new("linker")?,
         })
     }
@@ -439,6 +438,7 @@ async fn process_loop(
                 timers.link.disarm();
             }
         }
+        let flushing = timers.flush.armed();
         st.linker.refresh_clock();
         tokio::select! {
             read = capture.next_batch(BATCH, &stats, |ev| work.event(ev, &mut st, &stats)) => {
@@ -463,7 +463,7 @@ async fn process_loop(
                     log_losses(&stats);
                 }
             }
-            () = timers.flush.expired(), if timers.flush_every.is_some() => outlet.flush(&stats),
+            () = timers.flush.expired(), if flushing => outlet.flush(&stats),
             _ = stop.changed() => break,
         }
         work.link(&mut st, &stats);
@@ -521,6 +521,8 @@ fn housekeeping(
     read_kernel_counters(&st.counters, stats);
 }
 
+/// The kernel programs' counters, summed over CPUs, into `stats` (for `/metrics` and the exit
+/// log).
 fn read_kernel_counters(map: &PerCpuArray<MapData, agent_common::Counters>, stats: &Stats) {
     match loader::sum_counters(map) {
         Ok(k) => stats.set_kernel(&k),

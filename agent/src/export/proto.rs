@@ -8,7 +8,7 @@
 //!
 //! Field numbers are those of `opentelemetry/proto/{collector/trace,trace,resource,common}/v1`;
 //! the tests decode the output with the generated types of `opentelemetry-proto`. The metrics
-//! messages are written with the same `Writer` in `metrics::otlp`.
+//! messages are written with the same `Writer` in `metrics::otlp::encode`.
 
 use crate::trace::{Span, SpanKind, Status, Value};
 
