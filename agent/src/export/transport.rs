@@ -1,7 +1,7 @@
 //! Sends encoded OTLP requests, traces or metrics: gRPC (the signal's `Export`, one unary call
-//! over tonic's HTTP/2 channel) or HTTP/protobuf (a `POST` with reqwest). Headers and the timeout come from
-//! the standard variables (`endpoint::Target`); a collector that is busy or briefly away gets the
-//! request again, twice, with a short backoff.
+//! over tonic's HTTP/2 channel) or HTTP/protobuf (a `POST` with reqwest). Headers and the
+//! timeout come from the standard variables (`endpoint::Target`); a collector that is busy or
+//! briefly away gets the request again, twice, with a short backoff.
 //!
 //! The gRPC call is framed here rather than by tonic's codec: the batcher leaves room for the
 //! 5-byte message prefix in front of the request it encodes (`prefix_len`), `seal` fills it in,
