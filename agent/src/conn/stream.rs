@@ -20,12 +20,78 @@ pub struct SyscallTime {
 #[derive(Debug)]
 struct Run {
     start: u64,
-    bytes: Vec<u8>,
+    bytes: Bytes,
 }
 
 impl Run {
     fn end(&self) -> u64 {
         self.start + self.bytes.len() as u64
+    }
+}
+
+/// A run's bytes: the stream's own copy, or a record's payload read where the kernel wrote it.
+///
+/// Most records are parsed whole within the call that delivers them: a request or a response
+/// head in one syscall. Copying each into the stream first (an allocation, a copy and a free per
+/// record) was ~5% of the agent's CPU beside nginx. So `Stream::push_borrowed` keeps a pointer
+/// to the payload, and `Stream::own` copies what the parser left unconsumed, usually nothing,
+/// before the payload goes.
+#[derive(Debug)]
+enum Bytes {
+    Owned(Vec<u8>),
+    /// Between `push_borrowed` and `own` only, within one call on one thread.
+    Borrowed {
+        ptr: *const u8,
+        len: usize,
+    },
+}
+
+// SAFETY: a borrowed run only exists between `push_borrowed` and `own`, within one call that
+// runs on one thread without yielding; the stream is only ever sent with owned bytes.
+unsafe impl Send for Bytes {}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            // SAFETY: `push_borrowed`'s caller keeps the payload valid until `own`, which turns
+            // this into `Owned` (the contract of `push_borrowed`).
+            Bytes::Borrowed { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Bytes::Owned(v) => v.len(),
+            Bytes::Borrowed { len, .. } => *len,
+        }
+    }
+
+    /// Appends `more`, in the run's own memory from then on.
+    fn extend(&mut self, more: &[u8]) {
+        match self {
+            Bytes::Owned(v) => v.extend_from_slice(more),
+            Bytes::Borrowed { .. } => {
+                let mut v = Vec::with_capacity(self.len() + more.len());
+                v.extend_from_slice(self.as_slice());
+                v.extend_from_slice(more);
+                *self = Bytes::Owned(v);
+            }
+        }
+    }
+
+    /// Forgets the first `n` bytes (fewer than the run holds).
+    fn cut_front(&mut self, n: usize) {
+        match self {
+            Bytes::Owned(v) => {
+                v.drain(..n);
+            }
+            Bytes::Borrowed { ptr, len } => {
+                // SAFETY: `n < len`, so the pointer stays inside the payload.
+                *ptr = unsafe { ptr.add(n) };
+                *len -= n;
+            }
+        }
     }
 }
 
@@ -71,6 +137,31 @@ impl Stream {
     /// Appends one syscall's worth: `len` bytes of which `captured` is the prefix.
     /// Returns how many captured bytes had to be discarded to stay within the limit.
     pub fn push(&mut self, captured: &[u8], len: u64, time: SyscallTime) -> usize {
+        self.append(captured, len, time, false)
+    }
+
+    /// `push`, reading `captured` in place rather than copying it, until `own`.
+    ///
+    /// # Safety
+    ///
+    /// `captured` must stay valid and unchanged until `own` is called on this stream, with no
+    /// other call on it in between that could outlive the payload (the stream is not sent or
+    /// awaited across).
+    pub unsafe fn push_borrowed(&mut self, captured: &[u8], len: u64, time: SyscallTime) -> usize {
+        self.append(captured, len, time, true)
+    }
+
+    /// Copies the borrowed bytes the parser left unconsumed into the stream's own memory, so
+    /// that the payload `push_borrowed` read can go.
+    pub fn own(&mut self) {
+        if let Some(run) = self.runs.back_mut()
+            && let Bytes::Borrowed { .. } = run.bytes
+        {
+            run.bytes = Bytes::Owned(run.bytes.as_slice().to_vec());
+        }
+    }
+
+    fn append(&mut self, captured: &[u8], len: u64, time: SyscallTime, borrow: bool) -> usize {
         let len = len.max(captured.len() as u64);
         if len == 0 {
             return 0;
@@ -79,12 +170,20 @@ impl Stream {
         push_back_tight(&mut self.marks, (start, time));
         if !captured.is_empty() {
             match self.runs.back_mut() {
-                Some(run) if run.end() == start => run.bytes.extend_from_slice(captured),
+                // Continues the bytes held: the parser needs them contiguous.
+                Some(run) if run.end() == start => run.bytes.extend(captured),
                 _ => push_back_tight(
                     &mut self.runs,
                     Run {
                         start,
-                        bytes: captured.to_vec(),
+                        bytes: if borrow {
+                            Bytes::Borrowed {
+                                ptr: captured.as_ptr(),
+                                len: captured.len(),
+                            }
+                        } else {
+                            Bytes::Owned(captured.to_vec())
+                        },
                     },
                 ),
             }
@@ -126,7 +225,7 @@ impl Stream {
     pub fn head(&self) -> &[u8] {
         match self.runs.front() {
             Some(run) if run.start <= self.pos && self.pos < run.end() => {
-                &run.bytes[(self.pos - run.start) as usize..]
+                &run.bytes.as_slice()[(self.pos - run.start) as usize..]
             }
             _ => &[],
         }
@@ -180,7 +279,7 @@ impl Stream {
             } else {
                 if run.start < target {
                     let cut = (target - run.start) as usize;
-                    run.bytes.drain(..cut);
+                    run.bytes.cut_front(cut);
                     run.start = target;
                     self.held -= cut;
                 }
@@ -281,6 +380,32 @@ mod tests {
         assert!(dropped > 0);
         assert!(s.head().len() <= 8);
         assert_eq!(s.end(), 10);
+    }
+
+    #[test]
+    fn borrowed_bytes_are_owned_once_the_payload_goes() {
+        let mut s = Stream::new(1024);
+        let mut payload = b"GET / HTTP/1.1\r\n".to_vec();
+        // SAFETY: `payload` is left alone until `own`.
+        unsafe { s.push_borrowed(&payload, payload.len() as u64, t(1)) };
+        assert_eq!(s.head(), b"GET / HTTP/1.1\r\n");
+        s.consume(4);
+        assert_eq!(s.head(), b"/ HTTP/1.1\r\n");
+        s.own();
+        payload.fill(b'x');
+        assert_eq!(s.head(), b"/ HTTP/1.1\r\n", "a copy of what was left");
+        s.push(b"Host: a\r\n", 9, t(2));
+        assert_eq!(s.head(), b"/ HTTP/1.1\r\nHost: a\r\n", "contiguous with it");
+
+        // Consumed whole: nothing is copied, nothing is left.
+        let payload = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        let mut s = Stream::new(1024);
+        // SAFETY: as above.
+        unsafe { s.push_borrowed(&payload, payload.len() as u64, t(3)) };
+        s.consume(payload.len() as u64);
+        s.own();
+        assert_eq!(s.available(), 0);
+        assert!(s.runs.is_empty());
     }
 
     #[test]

@@ -252,10 +252,16 @@ impl ConnTable {
             Direction::Ingress => &mut conn.ingress,
             Direction::Egress => &mut conn.egress,
         };
-        let dropped = stream.push(ev.payload, ev.len, time);
+        // SAFETY: `ev.payload` stays where the kernel wrote it until this call returns, and
+        // `own` below is called before that; nothing in between sends or awaits.
+        let dropped = unsafe { stream.push_borrowed(ev.payload, ev.len, time) };
         stats.add(&stats.stream_bytes_dropped, dropped as u64);
         let had_role = conn.role.is_some();
         conn.process(stats, records);
+        match direction {
+            Direction::Ingress => conn.ingress.own(),
+            Direction::Egress => conn.egress.own(),
+        }
         if !had_role && conn.role == Some(Role::Client) {
             clients.insert((conn.peer.local, conn.peer.remote));
         }
