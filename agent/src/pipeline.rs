@@ -33,7 +33,7 @@ use crate::{
     export::{self, Outlet, Sink, otlp, stdout},
     k8s, loader,
     metrics::{self, Metrics},
-    process::Processes,
+    process::{self, Processes},
     select::{
         Selector, Tracker,
         tracker::{Change, Reason},
@@ -58,7 +58,7 @@ fn check_pids(config: &Config) -> Result<()> {
             if pid == me {
                 bail!("pid {pid} is the agent itself; the agent never traces itself");
             }
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if !process::alive(pid) {
                 bail!("cannot trace pid {pid}: is the process running?");
             }
         }
@@ -428,7 +428,6 @@ async fn process_loop(
         exited: Vec::new(),
     };
     let mut seconds = 0u64;
-    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
     loop {
         let waiting = st.linker.waiting();
         if waiting != timers.link.armed() {
@@ -456,7 +455,7 @@ async fn process_loop(
                 housekeeping(&mut st, &mut work, &capture, &outlet, &stats);
                 if seconds.is_multiple_of(SWEEP_SECONDS) {
                     let cutoff = clock::monotonic_ns().saturating_sub(IDLE.as_nanos() as u64);
-                    let gone = work.table.expire(cutoff, alive, &stats, &mut work.records);
+                    let gone = work.table.expire(cutoff, process::alive, &stats, &mut work.records);
                     work.exited.extend(gone);
                 }
                 if seconds.is_multiple_of(REPORT_SECONDS) {

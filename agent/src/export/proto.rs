@@ -31,6 +31,15 @@ pub enum AnyValue<'a> {
     Int(i64),
 }
 
+impl<'a> From<&'a Value> for AnyValue<'a> {
+    fn from(v: &'a Value) -> Self {
+        match v {
+            Value::Str(s) => AnyValue::Str(s),
+            Value::Int(i) => AnyValue::Int(*i),
+        }
+    }
+}
+
 /// A growing protobuf message.
 #[derive(Default)]
 pub struct Writer {
@@ -265,11 +274,7 @@ pub fn span(w: &mut Writer, field: u32, s: &Span) {
         w.fixed64(7, s.start_ns);
         w.fixed64(8, s.end_ns);
         for (k, v) in &s.attributes {
-            let v = match v {
-                Value::Str(x) => AnyValue::Str(x),
-                Value::Int(i) => AnyValue::Int(*i),
-            };
-            w.key_value(9, k, v);
+            w.key_value(9, k, v.into());
         }
         if s.status == Status::Error {
             w.message(15, |w| w.uint(3, 2));

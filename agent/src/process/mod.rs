@@ -60,6 +60,11 @@ pub fn env_value<'a>(environ: &'a [u8], name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// Whether a process with this pid is alive (its `/proc` entry exists).
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// This machine's host name.
 pub fn host_name() -> String {
     nix::unistd::gethostname()

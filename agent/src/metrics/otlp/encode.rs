@@ -18,7 +18,6 @@ use crate::{
         series::OVERFLOW_ATTRIBUTE,
     },
     process::ProcessInfo,
-    trace::Value,
 };
 
 /// Data points in one `Metric` message at most, and the size past which a request is closed: a
@@ -53,13 +52,6 @@ struct Point<'a> {
 enum PointValue<'a> {
     Histogram(&'a Histogram),
     Count(u64),
-}
-
-fn any(v: &Value) -> AnyValue<'_> {
-    match v {
-        Value::Str(s) => AnyValue::Str(s),
-        Value::Int(i) => AnyValue::Int(*i),
-    }
 }
 
 const OVERFLOWED: (&str, AnyValue<'static>) = (OVERFLOW_ATTRIBUTE, AnyValue::Str("true"));
@@ -185,28 +177,27 @@ fn metric(w: &mut Writer, d: Descriptor, points: &[Point<'_>], t: Temporality, n
     });
 }
 
-/// The body of a `HistogramDataPoint` or a `NumberDataPoint`.
+/// The body of a `HistogramDataPoint` or a `NumberDataPoint`: both number their timestamps
+/// alike, their attributes and values apart.
 fn point(w: &mut Writer, p: &Point<'_>, now_ns: u64) {
+    let attributes = match p.value {
+        PointValue::Histogram(_) => 9,
+        PointValue::Count(_) => 7,
+    };
+    for (k, v) in &p.attributes {
+        w.key_value(attributes, k, *v);
+    }
+    w.fixed64(2, p.start_ns);
+    w.fixed64(3, now_ns);
     match p.value {
         PointValue::Histogram(h) => {
-            for (k, v) in &p.attributes {
-                w.key_value(9, k, *v);
-            }
-            w.fixed64(2, p.start_ns);
-            w.fixed64(3, now_ns);
             w.fixed64(4, h.count);
             w.double(5, h.sum);
             w.packed64(6, h.buckets.iter().copied());
             w.packed64(7, BOUNDS.iter().map(|b| b.to_bits()));
         }
-        PointValue::Count(n) => {
-            for (k, v) in &p.attributes {
-                w.key_value(7, k, *v);
-            }
-            w.fixed64(2, p.start_ns);
-            w.fixed64(3, now_ns);
-            w.fixed64(6, n);
-        }
+        // `as_int`, an `sfixed64`.
+        PointValue::Count(n) => w.fixed64(6, n),
     }
 }
 
@@ -239,7 +230,12 @@ pub(super) fn encode(
             .process
             .as_ref()
             .map_or((0, 0), |p| (p.pid, Arc::as_ptr(p) as usize));
-        let mut attributes: Vec<_> = r.key.attributes.iter().map(|(k, v)| (*k, any(v))).collect();
+        let mut attributes: Vec<_> = r
+            .key
+            .attributes
+            .iter()
+            .map(|(k, v)| (*k, v.into()))
+            .collect();
         if r.process.is_none() && !r.key.is_overflow() {
             attributes.push(OVERFLOWED);
         }

@@ -230,10 +230,6 @@ pub struct Points {
     pub edges: Vec<EdgePoint>,
 }
 
-fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
 /// OTLP metrics export: every interval, the aggregation's points to the collector.
 pub struct Export {
     config: Config,
@@ -278,9 +274,11 @@ impl Export {
         let now = wall_ns();
         let t = self.config.temporality;
         let mut seen = HashMap::new();
-        let points = self
-            .metrics
-            .otlp_points(t, now, |pid| *seen.entry(pid).or_insert_with(|| alive(pid)));
+        let points = self.metrics.otlp_points(t, now, |pid| {
+            *seen
+                .entry(pid)
+                .or_insert_with(|| crate::process::alive(pid))
+        });
         let prefix = transport::prefix_len(self.config.target.protocol);
         let requests = encode(&points, &self.agent, t, now, prefix);
         debug!(
