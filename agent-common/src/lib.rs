@@ -273,7 +273,14 @@ pub struct ProcEvent {
     /// The selected port, for `PROC_PORT`.
     pub port: u16,
     pub _pad: [u8; 6],
+    /// The process's `comm` (`bpf_get_current_comm`, NUL-padded; the parent's for a fork,
+    /// which the child shares until it execs). A client such as `psql` can exit before
+    /// userspace reads its `/proc` entry: this still names its spans.
+    pub comm: [u8; TASK_COMM_LEN],
 }
+
+/// Length of a task's `comm`, with its NUL.
+pub const TASK_COMM_LEN: usize = 16;
 
 /// A whole data record as assembled in the per-CPU scratch buffer before it is copied into the
 /// ring buffer. The payload area is twice `MAX_PAYLOAD` so that the kernel can append iovec
@@ -364,7 +371,7 @@ const _: () = assert!(core::mem::size_of::<EventHeader>() == 112);
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 112 + MAX_PAYLOAD * 2);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
 const _: () = assert!(core::mem::size_of::<Settings>() == 24);
-const _: () = assert!(core::mem::size_of::<ProcEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 56);
 const _: () = assert!(core::mem::size_of::<Counters>() == 8 * counter::COUNT as usize);
 const _: () = assert!(MAX_PAYLOAD.is_power_of_two());
 const _: () = assert!(wakeup_bytes(4 << 20) == WAKEUP_BYTES && wakeup_bytes(1 << 20) == 128 << 10);

@@ -6,8 +6,8 @@
 use agent_common::{EVENT_PROC, PROC_EXEC, PROC_EXIT, PROC_FORK, ProcEvent, counter, select};
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
@@ -39,6 +39,9 @@ pub fn emit(what: u32, tgid: u32, ppid: u32, port: u16) {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         port,
         _pad: [0; 6],
+        // Every caller runs in the process's own context. On failure the name stays empty
+        // and userspace falls back to `pid-N`.
+        comm: bpf_get_current_comm().unwrap_or_default(),
     };
     // Woken at once, unlike data records: userspace must read the process's identity in
     // /proc while it lives, and a client like psql lives a few milliseconds.

@@ -81,6 +81,21 @@ pub struct ProcessEvent {
     pub time_ns: u64,
     /// The process's cgroup v2 id, as the kernel sees it.
     pub cgroup_id: u64,
+    /// The process's `comm` when it happened, NUL-padded.
+    pub comm: [u8; agent_common::TASK_COMM_LEN],
+}
+
+impl ProcessEvent {
+    /// The process's `comm`: its name even once it has exited. Empty when the kernel could not
+    /// read it or it is not UTF-8.
+    pub fn comm(&self) -> &str {
+        let end = self
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.comm.len());
+        std::str::from_utf8(&self.comm[..end]).unwrap_or_default()
+    }
 }
 
 /// Any record from the kernel.
@@ -139,6 +154,7 @@ fn decode_process(record: &[u8]) -> Result<ProcessEvent, DecodeError> {
         change,
         time_ns: p.time_ns,
         cgroup_id: p.cgroup_id,
+        comm: p.comm,
     })
 }
 
@@ -443,6 +459,7 @@ mod tests {
             what: PROC_PORT,
             tgid: 77,
             port: 8080,
+            comm: *b"psql\0\0\0\0\0\0\0\0\0\0\0\0",
             ..Default::default()
         };
         // SAFETY: ProcEvent is Pod.
@@ -453,6 +470,7 @@ mod tests {
         };
         assert_eq!(ev.tgid, 77);
         assert_eq!(ev.change, ProcessChange::Port(8080));
+        assert_eq!(ev.comm(), "psql");
         assert_eq!(decode(&bytes[..10]).unwrap_err(), DecodeError::Short(10));
         let mut bad = bytes.to_vec();
         bad[4] = 99;

@@ -549,7 +549,12 @@ fn on_process(
         _ => {}
     }
     let change = st.tracker.on_event(ev);
-    if matches!(ev.change, capture::ProcessChange::Exec) && st.tracker.is_traced(ev.tgid) {
+    let traced = st.tracker.is_traced(ev.tgid);
+    if traced && !matches!(ev.change, capture::ProcessChange::Exit) {
+        // Its identity is read now, named by the record's `comm` if it is already gone.
+        st.processes.get_named(ev.tgid, ev.comm());
+    }
+    if matches!(ev.change, capture::ProcessChange::Exec) && traced {
         // Still traced: its new executable may link a TLS library in.
         st.tls.scan(ev.tgid);
     }

@@ -221,7 +221,8 @@ fn redis_commands_pipeline_and_errors_with_redis_py() {
     assert_eq!(one(&spans, "SELECT").status, 0);
 }
 
-/// The command-line clients, selected by the server port they connect to.
+/// The command-line clients, selected by the server port they connect to, and named even when
+/// they have exited before the agent could read their `/proc` entry.
 #[test]
 fn command_line_clients() {
     let pg = Postgres::start();
@@ -263,7 +264,11 @@ fn command_line_clients() {
             "shop",
         ])
         .args(["-c", "SELECT 40 + 2 AS answer"]));
+    // The agent is frozen while redis-cli runs: the client has exited, and its `/proc` entry
+    // is gone, before the agent reads the record that made it traced.
+    agent.proc.signal(libc::SIGSTOP);
     ok(Command::new("redis-cli").args(["-p", &redis.port.to_string(), "INCRBY", "hits", "5"]));
+    agent.proc.signal(libc::SIGCONT);
     ok(Command::new("mariadb")
         .args([
             "-h",
@@ -297,7 +302,15 @@ fn command_line_clients() {
             .get("process.executable.name")
             .is_some_and(|e| e == "psql")
     );
-    check_common(by_query("INCRBY ? ?"), "redis", redis.port);
+    let incr = by_query("INCRBY ? ?");
+    check_common(incr, "redis", redis.port);
+    assert_eq!(incr.service(), "redis-cli", "named by the kernel's record");
+    assert_eq!(
+        incr.resource
+            .get("process.executable.name")
+            .map(String::as_str),
+        Some("redis-cli")
+    );
     let maria = by_query("SELECT ? + ?");
     check_common(maria, "mariadb", db.port);
     assert_eq!(maria.attr("db.namespace"), Some("shop"));

@@ -187,8 +187,15 @@ impl Processes {
     }
 
     /// The identity of `pid`, read on first use. A process gone before it could be read still
-    /// gets a minimal identity so its spans are not lost.
+    /// gets a minimal identity (`pid-N`) so its spans are not lost.
     pub fn get(&mut self, pid: u32) -> Arc<ProcessInfo> {
+        self.get_named(pid, "")
+    }
+
+    /// Like [`Processes::get`], with the process's `comm` from its last kernel record to name
+    /// it by should it be gone from `/proc` already: a command-line client lives a few
+    /// milliseconds, and the record that made it traced may be read after it exited.
+    pub fn get_named(&mut self, pid: u32, comm: &str) -> Arc<ProcessInfo> {
         let generation = self.pods.as_ref().map_or(0, k8s::Store::generation);
         if let Some(e) = self.cache.get(&pid) {
             // A containerised process without its pod yet is looked at again once the pod
@@ -205,9 +212,13 @@ impl Processes {
                 tracing::debug!(%err, pid, "process identity unavailable");
                 ProcessInfo {
                     pid,
-                    service_name: smol_str::format_smolstr!("pid-{pid}"),
+                    service_name: if comm.is_empty() {
+                        smol_str::format_smolstr!("pid-{pid}")
+                    } else {
+                        comm.into()
+                    },
                     name_source: NameSource::Executable,
-                    executable_name: String::new(),
+                    executable_name: comm.to_string(),
                     executable_path: String::new(),
                     command_line: String::new(),
                     host_name: self.host_name.clone(),
@@ -300,6 +311,13 @@ mod tests {
         assert_eq!(child.executable_path, parent.executable_path);
         processes.forget(gone);
         assert_eq!(processes.get(gone).service_name, format!("pid-{gone}"));
+        processes.forget(gone);
+        let named = processes.get_named(gone, "psql");
+        assert_eq!(
+            (named.service_name.as_str(), named.executable_name.as_str()),
+            ("psql", "psql")
+        );
+        assert_eq!(processes.get(gone), named, "cached under its name");
         processes.inherit(gone - 1, gone - 2);
         assert_eq!(
             processes.get(gone - 1).service_name,
