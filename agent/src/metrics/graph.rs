@@ -9,7 +9,7 @@
 //! `connection_type="database"`.
 
 use foldhash::HashMap;
-use smol_str::{SmolStr, format_smolstr};
+use smol_str::SmolStr;
 use std::time::{Duration, Instant};
 
 use super::{red::seconds, series};
@@ -85,7 +85,9 @@ fn address_name(span: &Span, addr: &str, port: Option<&str>) -> SmolStr {
     let host = span.attr_str(addr).unwrap_or("unknown");
     match port {
         Some(p) => match span.attr(p) {
-            Some(crate::trace::Value::Int(n)) => format_smolstr!("{host}:{n}"),
+            Some(crate::trace::Value::Int(n)) => {
+                crate::trace::concat(&[host, ":", itoa::Buffer::new().format(*n)])
+            }
             _ => SmolStr::new(host),
         },
         None => SmolStr::new(host),

@@ -2,7 +2,7 @@
 //! `{db.operation.name} {db.collection.name}` (or the operation alone, or the system),
 //! `db.*` attributes, and ERROR status when the server answered with an error.
 
-use smol_str::{SmolStr, format_smolstr};
+use smol_str::SmolStr;
 
 use super::{Described, Value, network_attributes};
 use crate::{conn::ConnMeta, protocol::db::Operation};
@@ -39,7 +39,7 @@ pub fn describe(conn: &ConnMeta, op: &Operation) -> Described {
     ));
     network_attributes(conn, peer, &mut a);
     let name = match (&op.operation, &op.collection) {
-        (Some(o), Some(c)) => format_smolstr!("{o} {c}"),
+        (Some(o), Some(c)) => super::concat(&[o, " ", c]),
         (Some(o), None) => SmolStr::new(o),
         _ => SmolStr::new_static(op.system.as_str()),
     };

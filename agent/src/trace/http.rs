@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use smol_str::{SmolStr, SmolStrBuilder, format_smolstr};
+use smol_str::SmolStr;
 
 use super::{Described, SpanKind, Value, network_attributes, route::Routes};
 use crate::{
@@ -146,11 +146,11 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
         if error {
             let t = code.map_or_else(
                 || SmolStr::new_static("RST_STREAM"),
-                |c| format_smolstr!("{c}"),
+                |c| SmolStr::new(itoa::Buffer::new().format(c)),
             );
             a.push(("error.type", Value::Str(t)));
         }
-        (format_smolstr!("{service}/{method}"), error)
+        (super::concat(&[service, "/", method]), error)
     } else {
         let known = KNOWN_METHODS.iter().find(|m| **m == req.method).copied();
         let method_known = known.is_some();
@@ -183,7 +183,7 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
             };
             a.push((
                 "url.full",
-                Value::Str(format_smolstr!("{scheme}://{authority}{target}")),
+                Value::Str(super::concat(&[scheme, "://", authority, target])),
             ));
         }
         if resp.status != 0 {
@@ -203,23 +203,15 @@ pub fn describe(conn: &ConnMeta, kind: SpanKind, e: &Exchange, routes: &Routes) 
         } || resp.reset.is_some();
         if error {
             let t = if resp.status >= 400 {
-                format_smolstr!("{}", resp.status)
+                SmolStr::new(itoa::Buffer::new().format(resp.status))
             } else {
                 SmolStr::new_static("RST_STREAM")
             };
             a.push(("error.type", Value::Str(t)));
         }
         let method = if method_known { &req.method } else { "HTTP" };
-        // Built in place rather than `format!`ed: this runs once per span, and most names fit
-        // a `SmolStr` inline.
         let name = match route {
-            Some(r) => {
-                let mut name = SmolStrBuilder::new();
-                name.push_str(method);
-                name.push(' ');
-                name.push_str(&r);
-                name.finish()
-            }
+            Some(r) => super::concat(&[method, " ", &r]),
             None => SmolStr::new(method),
         };
         (name, error)

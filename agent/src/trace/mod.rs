@@ -89,6 +89,24 @@ pub fn ip_text(ip: IpAddr) -> SmolStr {
     })
 }
 
+/// The parts written one after another, without the formatting machinery: a span's
+/// `url.full` and name, and a service-graph peer's `host:port`, are made per span, and
+/// `format_smolstr!` cost ~400 instructions each. Assembled on the stack, so that a text too
+/// long to be inline in a `SmolStr` is allocated once (`SmolStrBuilder` grew a `String` first).
+pub fn concat(parts: &[&str]) -> SmolStr {
+    let mut buf = [0u8; 256];
+    let mut n = 0;
+    for part in parts {
+        let Some(dst) = buf.get_mut(n..n + part.len()) else {
+            return SmolStr::from(parts.concat());
+        };
+        dst.copy_from_slice(part.as_bytes());
+        n += part.len();
+    }
+    // SAFETY: whole `str`s copied end to end: valid UTF-8.
+    SmolStr::new(unsafe { std::str::from_utf8_unchecked(&buf[..n]) })
+}
+
 /// An address written as text; IPv4 digit by digit, where the formatting machinery was a
 /// measurable part of describing a span.
 fn write_ip(ip: IpAddr) -> SmolStr {
