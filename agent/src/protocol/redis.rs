@@ -60,9 +60,40 @@ struct Reader {
     start: Option<SyscallTime>,
 }
 
+/// What a finished top-level value left for the parser.
+struct Value {
+    top: Option<u8>,
+    first: Option<String>,
+    second: Option<String>,
+    count: u64,
+    start: Option<SyscallTime>,
+    last: SyscallTime,
+}
+
 impl Reader {
+    /// Back to the start of a value. The stack keeps its allocation: a connection reads one
+    /// value after another, and the per-value `Vec` was an allocation per command and reply.
     fn reset(&mut self) {
-        *self = Reader::default();
+        let mut stack = std::mem::take(&mut self.stack);
+        stack.clear();
+        *self = Reader {
+            stack,
+            ..Reader::default()
+        };
+    }
+
+    /// The value just read (`Step::Value`), the reader reset for the next one.
+    fn take(&mut self) -> Value {
+        let value = Value {
+            top: self.top,
+            first: self.first.take(),
+            second: self.second.take(),
+            count: self.count,
+            start: self.start,
+            last: self.last,
+        };
+        self.reset();
+        value
     }
 
     /// Reads as far as possible into the next value.
@@ -104,14 +135,15 @@ impl Reader {
             let Some((&kind, rest)) = line.split_first() else {
                 return Step::Lost;
             };
-            let text = String::from_utf8_lossy(rest).into_owned();
             if self.start.is_none() {
                 self.start = s.time_at(s.pos());
             }
             if let Some(t) = s.time_at(s.pos() + eol as u64 + 1) {
                 self.last = t;
             }
-            let number = || text.parse::<i64>().ok();
+            // Lengths and counts are read from the bytes: a `String` per line was most of the
+            // parser's cost (five lines for a `GET key`).
+            let number = || std::str::from_utf8(rest).ok()?.parse::<i64>().ok();
             let top = self.stack.is_empty();
             if top && kind != b'|' {
                 self.top.get_or_insert(kind);
@@ -119,8 +151,9 @@ impl Reader {
             let consumed = eol as u64 + 2;
             match kind {
                 b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {
-                    if top && self.first.is_none() {
-                        self.first = Some(text);
+                    // An error's text is its span's; a status (`+OK`) or number is not kept.
+                    if top && kind == b'-' && self.first.is_none() {
+                        self.first = Some(String::from_utf8_lossy(rest).into_owned());
                     }
                     s.consume(consumed);
                     if self.element_done() {
@@ -138,11 +171,19 @@ impl Reader {
                     }
                     let n = n as u64;
                     // The first bulk of a value names it (a command, a bulk error); the second
-                    // is a command's first argument. Short ones are read whole: wait for them.
+                    // is a command's first argument, which only `SELECT`'s span reads. Short
+                    // ones are read whole: wait for them. A reply that is a bulk string is
+                    // skipped unread (its contents are never shown).
                     let at_top = top || self.stack.len() == 1;
                     let wanted = at_top
+                        && !matches!(self.top, Some(b'$' | b'='))
                         && (self.first.is_none() && n <= 256
-                            || self.first.is_some() && self.second.is_none() && n <= 64);
+                            || self
+                                .first
+                                .as_deref()
+                                .is_some_and(|f| f.eq_ignore_ascii_case("SELECT"))
+                                && self.second.is_none()
+                                && n <= 64);
                     let body = eol + 2;
                     if wanted && head.len() < body + n as usize && s.available() < (body as u64) + n
                     {
@@ -273,7 +314,7 @@ impl Redis {
                 s.consume(eol as u64 + 2);
                 if let Some(name) = words.first() {
                     self.command(
-                        name,
+                        name.clone(),
                         words.len() as u64,
                         words.get(1).cloned(),
                         first,
@@ -287,10 +328,10 @@ impl Redis {
                 Step::NeedMore => return,
                 Step::Lost => return self.give_up(stats, out),
                 Step::Value => {
-                    let r = std::mem::take(&mut self.commands);
+                    let r = self.commands.take();
                     let name = r.first.unwrap_or_default();
                     let first = r.start.unwrap_or_default();
-                    self.command(&name, r.count, r.second, first, stats, out);
+                    self.command(name, r.count, r.second, first, stats, out);
                 }
             }
         }
@@ -298,7 +339,7 @@ impl Redis {
 
     fn command(
         &mut self,
-        name: &str,
+        mut name: String,
         args: u64,
         arg: Option<String>,
         first: SyscallTime,
@@ -312,7 +353,7 @@ impl Redis {
             }
             self.reply_lost = Some(Some(first.exit_ns));
         }
-        let name = name.to_ascii_uppercase();
+        name.make_ascii_uppercase();
         if !name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'|')
@@ -402,7 +443,7 @@ impl Redis {
                     self.abandon_all(stats, out);
                 }
                 Step::Value => {
-                    let r = std::mem::take(&mut self.replies);
+                    let r = self.replies.take();
                     self.last_read = r.last;
                     if r.top == Some(b'>') {
                         continue; // a RESP3 push: not a reply
