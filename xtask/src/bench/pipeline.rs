@@ -1,6 +1,6 @@
-//! The userspace pipeline alone (`agent/benches/pipeline.rs`), measured twice: in nanoseconds
-//! per request (the benchmark's own table), and in instructions per request, counted by
-//! callgrind. Time is what a user pays, but on a shared 2-vCPU machine it swings by more than
+//! The userspace pipeline alone (`agent/benches/pipeline/`), on each of its workloads,
+//! measured twice: in nanoseconds per request (the benchmark's own table), and in instructions
+//! per request, counted by callgrind. Time is what a user pays, but on a shared 2-vCPU machine it swings by more than
 //! most single changes save; the instruction count of the same code on the same input is
 //! exact, so it tells whether a change removed work at all.
 
@@ -20,22 +20,36 @@ const STAGES: [&str; 4] = [
     "+ export (OTLP encoding)",
 ];
 
-/// Runs the benchmark, then counts its instructions; prints both tables and writes them to
-/// `pipeline.md` under `work`.
+/// The benchmark's workloads (`PIPELINE_WORKLOAD`): nginx's server side, and a service whose
+/// requests each make two client calls (HTTP and Redis).
+const WORKLOADS: [&str; 2] = ["nginx", "service"];
+
+/// Runs the benchmark on each workload, then counts its instructions; prints the tables and
+/// writes them to `pipeline.md` under `work`.
 pub fn run(work: &Path) -> Result<()> {
-    let out = crate::cargo()
-        .args(["bench", "--package", "agent", "--bench", "pipeline"])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo bench --bench pipeline")?;
-    ensure!(out.status.success(), "the pipeline benchmark failed");
-    let mut report = String::from_utf8_lossy(&out.stdout).into_owned();
-    let requests = requests_per_run(&report)?;
-    println!("\n{report}");
-    let counted = instructions(&executable()?, work, requests)?;
-    println!("\n{counted}");
-    report.push('\n');
-    report.push_str(&counted);
+    let exe = executable()?;
+    let mut report = String::new();
+    for workload in WORKLOADS {
+        let out = crate::cargo()
+            .args(["bench", "--package", "agent", "--bench", "pipeline"])
+            .env("PIPELINE_WORKLOAD", workload)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running cargo bench --bench pipeline")?;
+        ensure!(
+            out.status.success(),
+            "the pipeline benchmark failed ({workload})"
+        );
+        let timed = String::from_utf8_lossy(&out.stdout).into_owned();
+        let requests = requests_per_run(&timed)?;
+        println!("\n{timed}");
+        let counted = instructions(&exe, work, workload, requests)?;
+        println!("\n{counted}");
+        report.push_str(&timed);
+        report.push('\n');
+        report.push_str(&counted);
+        report.push('\n');
+    }
     std::fs::write(work.join("pipeline.md"), report.as_bytes())?;
     Ok(())
 }
@@ -85,8 +99,8 @@ fn executable() -> Result<PathBuf> {
 
 /// One run of each stage under callgrind, counting only inside the benchmark's `run` and
 /// dumping the count after each call: dump `i` is stage `i`'s whole run.
-fn instructions(exe: &Path, work: &Path, requests: u64) -> Result<String> {
-    let base = work.join("pipeline.callgrind");
+fn instructions(exe: &Path, work: &Path, workload: &str, requests: u64) -> Result<String> {
+    let base = work.join(format!("pipeline-{workload}.callgrind"));
     for i in 0..=STAGES.len() {
         let _ = std::fs::remove_file(dump(&base, i));
     }
@@ -100,16 +114,17 @@ fn instructions(exe: &Path, work: &Path, requests: u64) -> Result<String> {
         .arg(exe)
         .arg("--bench")
         .env("PIPELINE_RUNS", "1")
+        .env("PIPELINE_WORKLOAD", workload)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .context("running valgrind (`cargo xtask bench` installs it)")?;
     ensure!(
         status.success(),
-        "callgrind failed on the pipeline benchmark"
+        "callgrind failed on the pipeline benchmark ({workload})"
     );
-    let mut table = String::from(
-        "instructions per request (callgrind, one run of each stage)\n\
+    let mut table = format!(
+        "instructions per request, {workload} (callgrind, one run of each stage)\n\
          | stage | instructions/request | step |\n|---|---:|---:|\n",
     );
     let mut previous = 0;
