@@ -7,4 +7,6 @@ pub mod stream;
 pub mod table;
 
 pub use stream::{Stream, SyscallTime};
-pub use table::{ConnKey, ConnMeta, ConnRecord, ConnTable, Endpoint, Limits, Peer, Role, TlsMeta};
+pub use table::{
+    ConnKey, ConnMeta, ConnRecord, ConnTable, Endpoint, Limits, Peer, Role, TlsMeta, Tuple,
+};

@@ -42,7 +42,7 @@ use super::{
 };
 use crate::{
     clock::WallClock,
-    conn::{ConnMeta, ConnRecord, Endpoint, Role},
+    conn::{ConnMeta, ConnRecord, Role, Tuple},
     process::Processes,
     protocol::{Exchange, Record, Start},
     stats::Stats,
@@ -163,9 +163,6 @@ struct ClientEntry {
     span_id: [u8; 8],
     settled: Option<Settled>,
 }
-
-/// (client endpoint, server endpoint) of a connection.
-type Tuple = (Endpoint, Endpoint);
 
 /// The linking state of all traced processes.
 pub struct Linker {
