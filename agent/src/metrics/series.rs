@@ -47,13 +47,17 @@ impl Mix {
             w.copy_from_slice(c);
             self.word(u64::from_le_bytes(w));
         }
-        // At most 7 bytes are left: the eighth carries the length, so that "a" and "a\0", or
-        // a string and its continuation in the next value, differ.
+        // At most 7 bytes are left, read as two overlapping 4-byte words or byte by byte (a
+        // copy of a variable length was a `memcpy` call per string). The length goes in too,
+        // so that "a" and "a\0", or a string and its continuation in the next value, differ.
         let rest = chunks.remainder();
-        let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        w[7] = b.len() as u8;
-        self.word(u64::from_le_bytes(w));
+        let tail = match (rest.first_chunk::<4>(), rest.last_chunk::<4>()) {
+            (Some(lo), Some(hi)) => {
+                u64::from(u32::from_le_bytes(*lo)) | u64::from(u32::from_le_bytes(*hi)) << 32
+            }
+            _ => rest.iter().fold(0, |t, &byte| t << 8 | u64::from(byte)),
+        };
+        self.word(tail ^ (b.len() as u64).rotate_right(8));
     }
 
     pub fn finish(self) -> u64 {
