@@ -30,12 +30,13 @@ pub fn run(work: &Path) -> Result<()> {
     let exe = executable()?;
     let mut report = String::new();
     for workload in WORKLOADS {
-        let out = crate::cargo()
-            .args(["bench", "--package", "agent", "--bench", "pipeline"])
+        // The executable cargo built, as `cargo bench` would run it.
+        let out = Command::new(&exe)
+            .arg("--bench")
             .env("PIPELINE_WORKLOAD", workload)
             .stderr(Stdio::inherit())
             .output()
-            .context("running cargo bench --bench pipeline")?;
+            .with_context(|| format!("running {}", exe.display()))?;
         ensure!(
             out.status.success(),
             "the pipeline benchmark failed ({workload})"
