@@ -12,8 +12,8 @@
 //! The end-to-end benchmark (`cargo xtask bench`) measures the agent's CPU per request with
 //! the machine's noise in it; this one gives the same work a stable figure, so that a change to
 //! the userspace path is measured in nanoseconds per request. It leaves out what needs the
-//! kernel or a collector: reading the ring buffer, OTLP metric instruments, and the export's
-//! socket writes. Run with `cargo bench -p agent --bench pipeline` (or through `cargo xtask
+//! kernel or a collector: reading the ring buffer, the OTLP metrics export (the per-process
+//! shares it reads are filled in the metrics stage), and the export's socket writes. Run with `cargo bench -p agent --bench pipeline` (or through `cargo xtask
 //! bench`, which prints it with the rest).
 
 use std::{hint::black_box, time::Instant};
