@@ -341,10 +341,11 @@ pub struct KernelOffsets {
     pub task_signal: u32,
     /// `signal_struct.live` (threads still alive)
     pub signal_live: u32,
-    /// Where the current syscall's first three arguments are in `struct pt_regs` when it
-    /// returns (`di`, `si`, `dx` on x86_64; `orig_x0`, `regs[1]`, `regs[2]` on arm64, whose
-    /// `regs[0]` then holds the return value). Receiving syscalls read them at exit.
-    pub regs_args: [u32; 3],
+    /// Where the current syscall's first four arguments are in `struct pt_regs` when it
+    /// returns (`di`, `si`, `dx`, `r10` on x86_64; `orig_x0`, `regs[1]` to `regs[3]` on arm64,
+    /// whose `regs[0]` then holds the return value). Receiving syscalls read them at exit: the
+    /// descriptor, the buffer, its size, and `recvfrom`'s flags.
+    pub regs_args: [u32; 4],
 }
 
 /// Marks an offset the running kernel does not have; the kernel program skips that check.
@@ -369,7 +370,7 @@ pub struct Settings {
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 64);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 112);
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 112 + MAX_PAYLOAD * 2);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 96);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 100);
 const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 56);
 const _: () = assert!(core::mem::size_of::<Counters>() == 8 * counter::COUNT as usize);

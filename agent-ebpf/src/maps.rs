@@ -36,7 +36,7 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     task_tgid: 0,
     task_signal: 0,
     signal_live: 0,
-    regs_args: [0; 3],
+    regs_args: [0; 4],
 });
 
 /// Run-time settings written by the loader before load.

@@ -109,10 +109,10 @@ fn exit(ctx: &TracePointContext) -> u32 {
     0
 }
 
-/// The first three arguments of the current syscall, from the registers its task saved on entry
+/// The first four arguments of the current syscall, from the registers its task saved on entry
 /// (which the syscall does not change; where they are comes from BTF, `KernelOffsets::regs_args`).
 #[inline(always)]
-fn syscall_args() -> Option<[u64; 3]> {
+fn syscall_args() -> Option<[u64; 4]> {
     let off = OFFSETS.load();
     // SAFETY: the helpers return the current task and its saved user registers, a pointer the
     // verifier types from BTF: it checks each load against the fields of `struct pt_regs`
@@ -127,13 +127,24 @@ fn syscall_args() -> Option<[u64; 3]> {
             arg(off.regs_args[0]),
             arg(off.regs_args[1]),
             arg(off.regs_args[2]),
+            arg(off.regs_args[3]),
         ])
     }
 }
 
-/// Sends the bytes a finished receiving syscall moved (it has no enter program).
+/// `recv*` flag: the bytes are looked at and left in the socket, to be read again.
+const MSG_PEEK: u64 = 2;
+/// `recv*` flag: on TCP, the bytes are taken from the socket and thrown away, not copied.
+const MSG_TRUNC: u64 = 0x20;
+
+/// Sends the bytes a finished receiving syscall moved (it has no enter program). `flags_arg` is
+/// the argument holding the call's `MSG_*` flags, if it has any: a peek (`MSG_PEEK`, as in
+/// proxies' protocol inspectors) returns bytes that a later call reads again, so it is not
+/// data, and taking it for data would put those bytes into the stream twice. Bytes discarded
+/// with `MSG_TRUNC` never reach the buffer: they are sent as a count (a gap in the stream), as
+/// the buffer holds whatever it held before.
 #[inline(always)]
-fn exit_received(ctx: &TracePointContext, sc: u8, kind: BufKind) -> u32 {
+fn exit_received(ctx: &TracePointContext, sc: u8, kind: BufKind, flags_arg: Option<usize>) -> u32 {
     let r = ret(ctx);
     if r <= 0 {
         return 0;
@@ -142,9 +153,19 @@ fn exit_received(ctx: &TracePointContext, sc: u8, kind: BufKind) -> u32 {
     if !is_traced((pid_tgid >> 32) as u32) {
         return 0;
     }
-    let Some([fd, buf, n]) = syscall_args() else {
+    let Some(args) = syscall_args() else {
         count(counter::LOST_SYSCALL_ARGS);
         return 0;
+    };
+    let [fd, buf, n, _] = args;
+    let flags = flags_arg.map_or(0, |i| args[i & 3]);
+    if flags & MSG_PEEK != 0 {
+        return 0;
+    }
+    let kind = if flags & MSG_TRUNC != 0 {
+        BufKind::None
+    } else {
+        kind
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -263,11 +284,11 @@ fn announce(pid_tgid: u64, fd: i32, conn: ConnInfo, sc: u8, enter_ns: u64) {
 }
 
 macro_rules! received_syscall {
-    ($exit:ident, $sc:expr, $kind:expr) => {
+    ($exit:ident, $sc:expr, $kind:expr, $flags_arg:expr) => {
         #[doc = concat!("`syscalls/", stringify!($exit), "`: sends the bytes a traced process received on a TCP socket.")]
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit_received(&ctx, $sc, $kind)
+            exit_received(&ctx, $sc, $kind, $flags_arg)
         }
     };
 }
@@ -288,7 +309,7 @@ macro_rules! sent_syscall {
     };
 }
 
-received_syscall!(sys_exit_read, syscall::READ, BufKind::Plain);
+received_syscall!(sys_exit_read, syscall::READ, BufKind::Plain, None);
 sent_syscall!(
     sys_enter_write,
     sys_exit_write,
@@ -296,7 +317,7 @@ sent_syscall!(
     BufKind::Plain,
     1
 );
-received_syscall!(sys_exit_readv, syscall::READV, BufKind::Iov);
+received_syscall!(sys_exit_readv, syscall::READV, BufKind::Iov, None);
 sent_syscall!(
     sys_enter_writev,
     sys_exit_writev,
@@ -304,7 +325,13 @@ sent_syscall!(
     BufKind::Iov,
     1
 );
-received_syscall!(sys_exit_recvfrom, syscall::RECVFROM, BufKind::Plain);
+// recvfrom(fd, buf, len, flags, addr, addrlen); recvmsg(fd, msg, flags).
+received_syscall!(
+    sys_exit_recvfrom,
+    syscall::RECVFROM,
+    BufKind::Plain,
+    Some(3)
+);
 sent_syscall!(
     sys_enter_sendto,
     sys_exit_sendto,
@@ -312,7 +339,7 @@ sent_syscall!(
     BufKind::Plain,
     1
 );
-received_syscall!(sys_exit_recvmsg, syscall::RECVMSG, BufKind::Msg);
+received_syscall!(sys_exit_recvmsg, syscall::RECVMSG, BufKind::Msg, Some(2));
 sent_syscall!(
     sys_enter_sendmsg,
     sys_exit_sendmsg,

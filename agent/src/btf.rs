@@ -74,19 +74,26 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
     })
 }
 
-/// Where `struct pt_regs` keeps a syscall's first three arguments once it has returned. The
-/// registers are the architecture's syscall ABI; their place in the struct comes from BTF.
-fn syscall_args(f: &Finder<'_>) -> Result<[u32; 3], BtfError> {
+/// Where `struct pt_regs` keeps a syscall's first four arguments once it has returned. The
+/// registers are the architecture's syscall ABI (x86_64 passes the fourth in `r10`, not the
+/// function-call ABI's `cx`); their place in the struct comes from BTF.
+fn syscall_args(f: &Finder<'_>) -> Result<[u32; 4], BtfError> {
     if cfg!(target_arch = "x86_64") {
         Ok([
             f.offset("pt_regs", "di")?,
             f.offset("pt_regs", "si")?,
             f.offset("pt_regs", "dx")?,
+            f.offset("pt_regs", "r10")?,
         ])
     } else if cfg!(target_arch = "aarch64") {
         // x0 is overwritten by the return value; the kernel keeps the argument in orig_x0.
         let regs = f.offset("pt_regs", "regs")?;
-        Ok([f.offset("pt_regs", "orig_x0")?, regs + 8, regs + 16])
+        Ok([
+            f.offset("pt_regs", "orig_x0")?,
+            regs + 8,
+            regs + 16,
+            regs + 24,
+        ])
     } else {
         Err(BtfError::Arch(std::env::consts::ARCH))
     }
@@ -200,7 +207,7 @@ mod tests {
         assert_ne!(off.sk_protocol, 0);
         if cfg!(target_arch = "x86_64") {
             // The x86_64 register frame is ABI (it is ptrace's user_regs_struct too).
-            assert_eq!(off.regs_args, [112, 104, 96], "di, si, dx");
+            assert_eq!(off.regs_args, [112, 104, 96, 56], "di, si, dx, r10");
         }
     }
 }

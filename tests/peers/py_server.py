@@ -1,4 +1,5 @@
 """Threaded HTTP/1.1 test server (keep-alive) with a few routes the end-to-end tests call."""
+import socket
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -42,8 +43,20 @@ class Handler(BaseHTTPRequestHandler):
         self._send(201, body)
 
 
+class PeekingServer(ThreadingHTTPServer):
+    """Looks at each connection's first bytes without taking them, as proxies' protocol
+    inspectors do (Envoy's tls_inspector and http_inspector, nginx on TLS listeners): once with
+    recv and once with recvmsg, both MSG_PEEK. The bytes are then read again by the handler."""
+
+    def finish_request(self, request, client_address):
+        request.recv(8, socket.MSG_PEEK)
+        request.recvmsg(16, 0, socket.MSG_PEEK)
+        super().finish_request(request, client_address)
+
+
 if __name__ == "__main__":
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    server_class = PeekingServer if "--peek" in sys.argv[2:] else ThreadingHTTPServer
+    server = server_class(("127.0.0.1", int(sys.argv[1])), Handler)
     server.daemon_threads = True
     print("ready", flush=True)
     server.serve_forever()

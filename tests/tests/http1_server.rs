@@ -253,3 +253,71 @@ fn node_server_spans_over_http_protobuf_with_keep_alive() {
     queries.sort();
     assert_eq!(queries, ["k=1", "k=2", "k=3"]);
 }
+
+/// A server that peeks at each connection's first bytes (`MSG_PEEK` through `recv` and
+/// `recvmsg`) before reading them, as proxies' protocol inspectors do: peeked bytes are read
+/// again later, so they must not enter the stream twice.
+#[test]
+fn peeked_bytes_are_not_taken_for_data() {
+    let port = free_port();
+    let server = Proc::spawn(
+        Command::new("python3")
+            .arg(peer("py_server.py"))
+            .arg(port.to_string())
+            .arg("--peek"),
+    );
+    wait_port(port);
+    let rx = Receiver::grpc();
+    let agent = Agent::start(
+        &otlp_args(&rx, server.pid()),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
+    );
+
+    let base = format!("http://127.0.0.1:{port}");
+    let first = curl(&format!("{base}/hello?peeked=1"), &[]);
+    let post = curl(&format!("{base}/echo?peeked=2"), &["-d", "payload=123"]);
+    // Two requests on one keep-alive connection: only its start was peeked at.
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-o", "/dev/null"])
+        .arg(format!("{base}/hello?peeked=3"))
+        .arg(format!("{base}/missing?peeked=4"))
+        .output()
+        .expect("curl");
+    assert!(out.status.success());
+    assert_eq!((first.status, post.status), (200, 201));
+
+    let spans = eventually(Duration::from_secs(15), || {
+        let s = rx.spans();
+        (s.len() >= 4).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("spans missing; received {:#?}", rx.spans()));
+    let (_, stderr) = agent.stop();
+    assert_eq!(spans.len(), 4, "one span per request: {spans:#?}");
+    check_server_span(&spans, &first, port);
+    let echo = check_server_span(&spans, &post, port);
+    assert_eq!(echo.name, "POST /echo");
+    assert_eq!(echo.attr("http.request.body.size"), Some("11"));
+    let mut seen: Vec<_> = spans
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.attr("url.query").unwrap_or(""),
+                s.attr("http.response.status_code").unwrap_or(""),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("GET /hello", "peeked=1", "200"),
+            ("GET /hello", "peeked=3", "200"),
+            ("GET /missing", "peeked=4", "404"),
+            ("POST /echo", "peeked=2", "201"),
+        ]
+    );
+    for lost in ["http_resyncs", "requests_unanswered", "responses_unpaired"] {
+        assert!(!stderr.iter().any(|l| l.contains(lost)), "{stderr:#?}");
+    }
+}
