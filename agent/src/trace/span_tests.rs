@@ -305,3 +305,19 @@ fn addresses_are_written_as_display_writes_them() {
         assert_eq!(ip_text(*ip), ip.to_string());
     }
 }
+
+#[test]
+fn concat_joins_parts_of_any_length() {
+    assert_eq!(super::concat(&[]), "");
+    assert_eq!(super::concat(&["GET", " ", "/cart"]), "GET /cart");
+    // Past the 23 bytes a SmolStr holds inline, up to the stack buffer, and past it.
+    let long = "é".repeat(100);
+    assert_eq!(super::concat(&["a", &long, "z"]), format!("a{long}z"));
+    let at_capacity = "x".repeat(256);
+    assert_eq!(
+        super::concat(&[&at_capacity[..200], &at_capacity[200..]]),
+        at_capacity
+    );
+    let over = "y".repeat(300);
+    assert_eq!(super::concat(&[&over[..1], &over[1..]]), over);
+}
