@@ -346,6 +346,10 @@ pub struct KernelOffsets {
     /// whose `regs[0]` then holds the return value). Receiving syscalls read them at exit: the
     /// descriptor, the buffer, its size, and `recvfrom`'s flags.
     pub regs_args: [u32; 4],
+    /// Where `struct pt_regs` keeps the number of the syscall in progress (`orig_ax` on x86_64,
+    /// `syscallno` on arm64), read as 32 bits: the send-start program tells by it which call a
+    /// TCP send belongs to.
+    pub regs_syscall_nr: u32,
 }
 
 /// Marks an offset the running kernel does not have; the kernel program skips that check.
@@ -370,7 +374,7 @@ pub struct Settings {
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 64);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 112);
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 112 + MAX_PAYLOAD * 2);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 100);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 104);
 const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 56);
 const _: () = assert!(core::mem::size_of::<Counters>() == 8 * counter::COUNT as usize);

@@ -19,6 +19,8 @@ pub const NONE: Inflight = Inflight {
     direction: 0,
     kind: BufKind::None,
     spilled: 0,
+    nr: -1,
+    _pad: 0,
 };
 
 #[inline(always)]
@@ -54,7 +56,20 @@ pub fn save(args: Inflight) {
     slot.syscall = args.syscall;
     slot.direction = args.direction;
     slot.kind = args.kind;
+    slot.nr = args.nr;
     slot.owner = pid_tgid;
+}
+
+/// Whether thread `pid_tgid` has a saved call of syscall `nr` already: a TCP send reports its
+/// start once per round of its copy loop, and the first round is when the call began.
+#[inline(always)]
+pub fn started(pid_tgid: u64, nr: i32) -> bool {
+    let Some(slot) = slot(pid_tgid) else {
+        return false;
+    };
+    // SAFETY: as in `save`; a read of this thread's own slot.
+    let slot = unsafe { &*slot };
+    slot.owner == pid_tgid && slot.nr == nr
 }
 
 /// Takes the call this thread saved, or `NONE`.

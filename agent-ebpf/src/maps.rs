@@ -37,6 +37,7 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     task_signal: 0,
     signal_live: 0,
     regs_args: [0; 4],
+    regs_syscall_nr: 0,
 });
 
 /// Run-time settings written by the loader before load.
@@ -139,6 +140,10 @@ pub struct Inflight {
     /// Set (and never cleared) on a slot when another thread sharing it spilled its call into
     /// `INFLIGHT_SPILL`: only then do exits that miss the slot look there.
     pub spilled: u8,
+    /// The kernel's number of the syscall this is (`__syscall_nr`): an exit takes only its own
+    /// call's slot, not one left by a call whose exit is not traced.
+    pub nr: i32,
+    pub _pad: u32,
 }
 
 /// `bpf_ringbuf_output` flag: wake the reader now.

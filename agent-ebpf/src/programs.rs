@@ -2,12 +2,13 @@
 //! (`struct syscall_trace_enter/exit`): arguments start at byte 16, 8 bytes each, and the return
 //! value of `sys_exit_*` sits at byte 16.
 //!
-//! Sending syscalls have an enter and an exit program: the enter saves the arguments and the
-//! time the call began (a CLIENT span starts when its request is written). Receiving syscalls
-//! have an exit program only: it reads their arguments from the registers the task saved on
-//! entry, so a read costs one program run, and the many reads that return nothing (`EAGAIN` in
-//! event loops) cost only their return-value check. A received message is timed by its arrival:
-//! the exit.
+//! Syscalls that move bytes are read at their exit, their arguments from the registers the task
+//! saved on entry, so a read costs one program run, and the many reads that return nothing
+//! (`EAGAIN` in event loops) cost only their return-value check. A received message is timed by
+//! its arrival: the exit. A sent one is timed by when it began (a CLIENT span starts when its
+//! request starts to be written): the BTF tracepoint `tcp_sendmsg_locked` saves that time for
+//! TCP sends of traced processes only, or, on kernels without it, the sending syscalls' enter
+//! tracepoints do for every call of a traced process.
 
 use agent_common::{
     ConnInfo, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_OPEN, EventHeader, IGNORE_SOCKET,
@@ -18,8 +19,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs,
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 
 use crate::{
@@ -49,6 +50,13 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 fn ret(ctx: &TracePointContext) -> i64 {
     // SAFETY: as for `arg`.
     unsafe { *(ctx.as_ptr() as *const i64).add(2) }
+}
+
+/// The kernel's number of the syscall a `sys_enter_*` or `sys_exit_*` record is of, at byte 8.
+#[inline(always)]
+fn record_nr(ctx: &TracePointContext) -> i32 {
+    // SAFETY: as for `arg`.
+    unsafe { *(ctx.as_ptr() as *const i32).add(2) }
 }
 
 /// Takes the arguments its enter program saved for this thread's syscall.
@@ -88,25 +96,129 @@ fn save(
         direction,
         kind,
         spilled: 0,
+        nr: record_nr(ctx),
+        _pad: 0,
     });
     0
 }
 
-/// Sends the bytes a finished sending syscall moved, with the arguments its enter program saved.
+/// Saves the time thread `pid_tgid` began sending in syscall `nr`, for the call's exit.
 #[inline(always)]
-fn exit(ctx: &TracePointContext) -> u32 {
+fn send_started(pid_tgid: u64, nr: i32) {
+    inflight::save(Inflight {
+        owner: pid_tgid,
+        // SAFETY: helper without preconditions.
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        fd: -1,
+        buf: 0,
+        count: 0,
+        syscall: 0,
+        direction: DIR_EGRESS,
+        kind: BufKind::None,
+        spilled: 0,
+        nr,
+        _pad: 0,
+    });
+}
+
+/// `tp_btf/tcp_sendmsg_locked`: a thread starts copying bytes into a TCP socket. This is where
+/// a send's start is taken, where the kernel has this tracepoint: it fires for TCP sends only,
+/// so the writes of every process to files, pipes and terminals run no program on their way
+/// in, and a BTF tracepoint skips the record the syscall tracepoints build for each call. It
+/// fires once per round of the kernel's copy loop; the first round is the start.
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn tcp_sendmsg_locked(_ctx: BtfTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(args) = take_inflight(pid_tgid) else {
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let Some(nr) = current_syscall_nr() else {
+        return 0;
+    };
+    if !inflight::started(pid_tgid, nr) {
+        send_started(pid_tgid, nr);
+    }
+    0
+}
+
+/// `sys_enter_*` of a sending syscall, attached only where the kernel has no
+/// `tcp_sendmsg_locked` tracepoint: the time every call of a traced process began.
+#[inline(always)]
+fn enter_send(ctx: &TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_traced((pid_tgid >> 32) as u32) {
+        send_started(pid_tgid, record_nr(ctx));
+    }
+    0
+}
+
+/// Sends the bytes a finished sending syscall moved. Only a call whose start was saved (a TCP
+/// send of a traced process) goes on; its arguments come from the saved registers, as for
+/// receiving syscalls.
+#[inline(always)]
+fn exit_sent(ctx: &TracePointContext, sc: u8, kind: BufKind) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // Taken before the return value is looked at: a failed call must not leave its start for
+    // the next one.
+    let Some(start) = take_inflight(pid_tgid) else {
         return 0;
     };
     let r = ret(ctx);
-    if r <= 0 {
+    if r <= 0 || start.nr != record_nr(ctx) {
         return 0;
     }
+    let Some([fd, buf, n, _]) = syscall_args() else {
+        count(counter::LOST_SYSCALL_ARGS);
+        return 0;
+    };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    let args = call(pid_tgid, start.enter_ns, fd, buf, n, sc, DIR_EGRESS, kind);
     moved(pid_tgid, &args, r as u64, now);
     0
+}
+
+/// A finished call's arguments as `moved` takes them.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn call(
+    pid_tgid: u64,
+    enter_ns: u64,
+    fd: u64,
+    buf: u64,
+    count: u64,
+    syscall: u8,
+    direction: u8,
+    kind: BufKind,
+) -> Inflight {
+    Inflight {
+        owner: pid_tgid,
+        enter_ns,
+        buf,
+        count,
+        fd: fd as i32,
+        syscall,
+        direction,
+        kind,
+        spilled: 0,
+        nr: -1,
+        _pad: 0,
+    }
+}
+
+/// The number of the syscall the current task is in, from its saved registers (`orig_ax` on
+/// x86_64, `syscallno` on arm64; `KernelOffsets::regs_syscall_nr`).
+#[inline(always)]
+fn current_syscall_nr() -> Option<i32> {
+    let off = OFFSETS.load();
+    // SAFETY: as in `syscall_args`: a BTF-typed pointer, each load checked by the verifier.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        if regs.is_null() {
+            return None;
+        }
+        Some(*(regs.add(off.regs_syscall_nr as usize) as *const i32))
+    }
 }
 
 /// The first four arguments of the current syscall, from the registers its task saved on entry
@@ -169,17 +281,7 @@ fn exit_received(ctx: &TracePointContext, sc: u8, kind: BufKind, flags_arg: Opti
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let args = Inflight {
-        owner: pid_tgid,
-        enter_ns: now,
-        buf,
-        count: n,
-        fd: fd as i32,
-        syscall: sc,
-        direction: DIR_INGRESS,
-        kind,
-        spilled: 0,
-    };
+    let args = call(pid_tgid, now, fd, buf, n, sc, DIR_INGRESS, kind);
     moved(pid_tgid, &args, r as u64, now);
     0
 }
@@ -294,17 +396,17 @@ macro_rules! received_syscall {
 }
 
 macro_rules! sent_syscall {
-    ($enter:ident, $exit:ident, $sc:expr, $kind:expr, $buf_arg:expr) => {
-        #[doc = concat!("`syscalls/", stringify!($enter), "`: saves the arguments of a traced process's call.")]
+    ($enter:ident, $exit:ident, $sc:expr, $kind:expr) => {
+        #[doc = concat!("`syscalls/", stringify!($enter), "`: saves when a traced process's call began (where `tcp_sendmsg_locked` is missing).")]
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            enter(&ctx, $sc, DIR_EGRESS, $kind, $buf_arg)
+            enter_send(&ctx)
         }
 
         #[doc = concat!("`syscalls/", stringify!($exit), "`: sends the bytes it moved on a TCP socket.")]
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit(&ctx)
+            exit_sent(&ctx, $sc, $kind)
         }
     };
 }
@@ -314,16 +416,14 @@ sent_syscall!(
     sys_enter_write,
     sys_exit_write,
     syscall::WRITE,
-    BufKind::Plain,
-    1
+    BufKind::Plain
 );
 received_syscall!(sys_exit_readv, syscall::READV, BufKind::Iov, None);
 sent_syscall!(
     sys_enter_writev,
     sys_exit_writev,
     syscall::WRITEV,
-    BufKind::Iov,
-    1
+    BufKind::Iov
 );
 // recvfrom(fd, buf, len, flags, addr, addrlen); recvmsg(fd, msg, flags).
 received_syscall!(
@@ -336,24 +436,21 @@ sent_syscall!(
     sys_enter_sendto,
     sys_exit_sendto,
     syscall::SENDTO,
-    BufKind::Plain,
-    1
+    BufKind::Plain
 );
 received_syscall!(sys_exit_recvmsg, syscall::RECVMSG, BufKind::Msg, Some(2));
 sent_syscall!(
     sys_enter_sendmsg,
     sys_exit_sendmsg,
     syscall::SENDMSG,
-    BufKind::Msg,
-    1
+    BufKind::Msg
 );
 // sendfile(out_fd, in_fd, offset, count): the bytes come from a file, so only their count is sent.
 sent_syscall!(
     sys_enter_sendfile64,
     sys_exit_sendfile64,
     syscall::SENDFILE,
-    BufKind::None,
-    1
+    BufKind::None
 );
 
 /// `syscalls/sys_enter_connect`: remembers which fd a traced process connects (and, with port

@@ -289,6 +289,8 @@ pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
         direction: header.direction,
         kind: BufKind::Plain,
         spilled: 0,
+        nr: -1,
+        _pad: 0,
     };
     emit_data(&args, header, moved as u64);
     0

@@ -71,6 +71,7 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         task_signal: f.offset("task_struct", "signal")?,
         signal_live: f.offset("signal_struct", "live")?,
         regs_args: syscall_args(&f)?,
+        regs_syscall_nr: syscall_nr(&f)?,
     })
 }
 
@@ -94,6 +95,17 @@ fn syscall_args(f: &Finder<'_>) -> Result<[u32; 4], BtfError> {
             regs + 16,
             regs + 24,
         ])
+    } else {
+        Err(BtfError::Arch(std::env::consts::ARCH))
+    }
+}
+
+/// Where `struct pt_regs` keeps the number of the syscall in progress.
+fn syscall_nr(f: &Finder<'_>) -> Result<u32, BtfError> {
+    if cfg!(target_arch = "x86_64") {
+        f.offset("pt_regs", "orig_ax")
+    } else if cfg!(target_arch = "aarch64") {
+        f.offset("pt_regs", "syscallno")
     } else {
         Err(BtfError::Arch(std::env::consts::ARCH))
     }
@@ -208,6 +220,7 @@ mod tests {
         if cfg!(target_arch = "x86_64") {
             // The x86_64 register frame is ABI (it is ptrace's user_regs_struct too).
             assert_eq!(off.regs_args, [112, 104, 96, 56], "di, si, dx, r10");
+            assert_eq!(off.regs_syscall_nr, 120, "orig_ax");
         }
     }
 }

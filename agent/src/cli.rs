@@ -119,6 +119,12 @@ pub struct Args {
     #[arg(long)]
     pub btf: Option<PathBuf>,
 
+    /// Time sends by their syscalls' enter tracepoints even on kernels with the
+    /// tcp_sendmsg_locked BTF tracepoint (the path older kernels take; for comparisons and
+    /// tests).
+    #[arg(long, hide = true)]
+    pub syscall_send_start: bool,
+
     /// Log filter for the agent's own diagnostics on stderr (RUST_LOG syntax) [default: info].
     #[arg(long, env = "AGENT_LOG")]
     pub log: Option<String>,

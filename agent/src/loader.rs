@@ -7,9 +7,9 @@ use std::{path::Path, time::Duration};
 use agent_common::{ConnInfo, Counters, KernelOffsets, Settings, counter};
 use anyhow::{Context as _, Result, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
 use tracing::{debug, info};
 
@@ -22,22 +22,17 @@ use crate::{
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
 
 /// Every tracepoint program, by the name of its function and tracepoint (they are the same).
-/// Receiving syscalls have an exit program only: it reads their arguments from the saved
-/// registers (see `agent-ebpf/src/programs.rs`).
+/// Syscalls that move bytes are read at their exit, their arguments from the saved registers
+/// (see `agent-ebpf/src/programs.rs`); a send's start comes from `SEND_START`.
 pub const TRACEPOINTS: &[&str] = &[
     "sys_exit_read",
-    "sys_enter_write",
     "sys_exit_write",
     "sys_exit_readv",
-    "sys_enter_writev",
     "sys_exit_writev",
     "sys_exit_recvfrom",
-    "sys_enter_sendto",
     "sys_exit_sendto",
     "sys_exit_recvmsg",
-    "sys_enter_sendmsg",
     "sys_exit_sendmsg",
-    "sys_enter_sendfile64",
     "sys_exit_sendfile64",
     "sys_enter_connect",
     "sys_exit_connect",
@@ -48,6 +43,20 @@ pub const TRACEPOINTS: &[&str] = &[
     "sys_enter_close",
     "sys_enter_mmap",
     "sys_exit_mmap",
+];
+
+/// The BTF tracepoint where a TCP send starts (the program has its name). Only TCP sends run
+/// it, without the record a syscall tracepoint builds per call.
+pub const SEND_START: &str = "tcp_sendmsg_locked";
+
+/// Where the kernel lacks `SEND_START` (older kernels), the sending syscalls' enter
+/// tracepoints take the start of every call of a traced process instead.
+pub const SEND_ENTER_TRACEPOINTS: &[&str] = &[
+    "sys_enter_write",
+    "sys_enter_writev",
+    "sys_enter_sendto",
+    "sys_enter_sendmsg",
+    "sys_enter_sendfile64",
 ];
 
 /// Process lifecycle tracepoints (category `sched`).
@@ -70,6 +79,8 @@ pub struct LoadOptions {
     pub select_flags: u32,
     /// The ring buffer's ride-along window (`agent_common::WAKEUP_WINDOW_NS`).
     pub wakeup_window: Duration,
+    /// Time sends by their syscalls' enter tracepoints even where `SEND_START` exists.
+    pub syscall_send_start: bool,
 }
 
 /// The kernel's cache of traced file descriptors, through which userspace tells the kernel to
@@ -184,8 +195,27 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded> {
         .map_max_entries("TRACED", traced::elements())
         .load(EBPF_OBJECT)
         .map_err(explain_load_error)?;
+    let send_enters: &[&str] = if opts.syscall_send_start {
+        info!("sends timed by their syscalls' enter tracepoints (--syscall-send-start)");
+        SEND_ENTER_TRACEPOINTS
+    } else {
+        match attach_send_start(&mut ebpf) {
+            Ok(()) => {
+                debug!("sends timed by tp_btf/{SEND_START}");
+                &[]
+            }
+            Err(err) => {
+                info!(
+                    "sends timed by their syscalls' enter tracepoints ({SEND_START} not \
+                     usable: {err:#})"
+                );
+                SEND_ENTER_TRACEPOINTS
+            }
+        }
+    };
     let tracepoints = TRACEPOINTS
         .iter()
+        .chain(send_enters)
         .map(|n| ("syscalls", *n))
         .chain(SCHED_TRACEPOINTS.iter().map(|n| ("sched", *n)));
     for (category, name) in tracepoints {
@@ -214,8 +244,15 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded> {
             .attach(name)
             .with_context(|| format!("attaching raw tracepoint {name}"))?;
     }
+    // The send-start BTF tracepoint, or the enter tracepoints in its place.
+    let send_programs = if send_enters.is_empty() {
+        1
+    } else {
+        send_enters.len()
+    };
     debug!(
-        programs = TRACEPOINTS.len() + SCHED_TRACEPOINTS.len() + RAW_TRACEPOINTS.len(),
+        programs =
+            TRACEPOINTS.len() + send_programs + SCHED_TRACEPOINTS.len() + RAW_TRACEPOINTS.len(),
         "programs attached"
     );
     let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
@@ -233,6 +270,24 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded> {
         conns,
         events,
     })
+}
+
+/// Loads and attaches the BTF tracepoint where TCP sends start (`SEND_START`), which needs the
+/// running kernel's own BTF and a kernel that has the tracepoint.
+fn attach_send_start(ebpf: &mut Ebpf) -> Result<()> {
+    let btf = Btf::from_sys_fs().context("reading the running kernel's BTF")?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(SEND_START)
+        .with_context(|| format!("program {SEND_START} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {SEND_START} is not a BTF tracepoint"))?;
+    program
+        .load(SEND_START, &btf)
+        .with_context(|| format!("the kernel refused to load {SEND_START}"))?;
+    program
+        .attach()
+        .with_context(|| format!("attaching tp_btf/{SEND_START}"))?;
+    Ok(())
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {

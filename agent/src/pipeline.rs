@@ -194,6 +194,7 @@ pub async fn run(config: Config) -> Result<()> {
             ring_buffer_bytes: config.ring_buffer_mib * 1024 * 1024,
             select_flags: config.selection.kernel_flags(cgroup_v2.is_some()),
             wakeup_window,
+            syscall_send_start: config.syscall_send_start,
         },
     )?;
     let pods = k8s::start(&config.kubernetes).await?;

@@ -9,6 +9,28 @@ const CLIENT: i32 = 3;
 
 #[test]
 fn python_client_spans() {
+    let stderr = python_client_spans_with(&[]);
+    assert!(
+        !stderr.iter().any(|l| l.contains("enter tracepoints")),
+        "this kernel has tcp_sendmsg_locked: sends are timed there: {stderr:#?}"
+    );
+}
+
+/// The same, with sends timed by their syscalls' enter tracepoints: what kernels without the
+/// `tcp_sendmsg_locked` tracepoint run.
+#[test]
+fn python_client_spans_timed_by_syscall_enters() {
+    let stderr = python_client_spans_with(&["--syscall-send-start"]);
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("sends timed by their syscalls' enter tracepoints")),
+        "{stderr:#?}"
+    );
+}
+
+/// Traces a Python client's four requests and checks their spans; returns the agent's stderr.
+fn python_client_spans_with(extra_args: &[&str]) -> Vec<String> {
     let port = free_port();
     let _server = Proc::spawn(
         Command::new("python3")
@@ -34,17 +56,16 @@ fn python_client_spans() {
     .expect("client ready");
 
     let rx = Receiver::grpc();
-    let agent = Agent::start(
-        &[
-            "--pid".into(),
-            client.pid().to_string(),
-            "--otlp-endpoint".into(),
-            rx.endpoint.clone(),
-            "--otlp-protocol".into(),
-            "grpc".into(),
-        ],
-        &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
-    );
+    let mut args: Vec<String> = vec![
+        "--pid".into(),
+        client.pid().to_string(),
+        "--otlp-endpoint".into(),
+        rx.endpoint.clone(),
+        "--otlp-protocol".into(),
+        "grpc".into(),
+    ];
+    args.extend(extra_args.iter().map(|a| a.to_string()));
+    let agent = Agent::start(&args, &[("OTEL_BSP_SCHEDULE_DELAY", "200")]);
     client.send_line("go");
     assert!(client.wait(Duration::from_secs(20)).success());
     let results: Vec<serde_json::Value> = client
@@ -61,7 +82,7 @@ fn python_client_spans() {
         (s.len() >= 4).then_some(s)
     })
     .unwrap_or_else(|| panic!("spans missing; received {:#?}", rx.spans()));
-    agent.stop();
+    let (_, stderr) = agent.stop();
     assert_eq!(spans.len(), 4, "{spans:#?}");
 
     for r in &results {
@@ -112,4 +133,5 @@ fn python_client_spans() {
         .map(|s| s.attr("network.local.port").unwrap_or(""))
         .collect();
     assert_eq!(ports.len(), 1);
+    stderr
 }

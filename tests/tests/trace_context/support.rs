@@ -166,6 +166,13 @@ pub(crate) fn check_request(
             got[p].span_hex(),
             "request {id}: {c:?} must be the child of {p:?}"
         );
+        // A CLIENT span starts when its request starts to be written, before the server it
+        // calls can have read it; a SERVER span, before the calls it makes.
+        assert!(
+            got[p].start_ns <= got[c].start_ns,
+            "request {id}: {c:?} starts before its parent {p:?}: {:#?}",
+            (&got[p], &got[c])
+        );
     }
     trace_id
 }
