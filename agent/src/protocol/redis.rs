@@ -306,21 +306,21 @@ impl Redis {
                     }
                     return;
                 };
-                let words: Vec<String> = String::from_utf8_lossy(&head[..eol])
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect();
+                // The name and the first argument are kept (SELECT's database); the rest are
+                // only counted.
+                let (name, arg, count) = {
+                    let line = String::from_utf8_lossy(&head[..eol]);
+                    let mut words = line.split_whitespace();
+                    let name = words.next().map(String::from);
+                    let arg = words.next().map(String::from);
+                    let rest = words.count() as u64;
+                    let count = u64::from(name.is_some()) + u64::from(arg.is_some()) + rest;
+                    (name, arg, count)
+                };
                 let first = s.time_at(s.pos()).unwrap_or_default();
                 s.consume(eol as u64 + 2);
-                if let Some(name) = words.first() {
-                    self.command(
-                        name.clone(),
-                        words.len() as u64,
-                        words.get(1).cloned(),
-                        first,
-                        stats,
-                        out,
-                    );
+                if let Some(name) = name {
+                    self.command(name, count, arg, first, stats, out);
                 }
                 continue;
             }

@@ -80,6 +80,11 @@ fn inline_commands_subscriptions_and_large_values() {
     let mut h = H::new(Redis::new());
     h.client(b"PING\r\n");
     h.server(b"+PONG\r\n");
+    // Inline commands with arguments (telnet, `redis-cli` scripts): counted, and SELECT's kept.
+    h.client(b"SELECT  5\r\n");
+    h.server(b"+OK\r\n");
+    h.client(b"set k  some-value EX 10\r\n");
+    h.server(b"+OK\r\n");
     h.client(&cmd(&["GET", "big"]));
     // A 5 MB value: header captured, the rest in a gap, skipped by count.
     let mut head = b"$5000000\r\n".to_vec();
@@ -93,7 +98,12 @@ fn inline_commands_subscriptions_and_large_values() {
         .iter()
         .map(|o| o.operation.clone().unwrap())
         .collect();
-    assert_eq!(names, ["PING", "GET", "SUBSCRIBE"]);
+    assert_eq!(names, ["PING", "SELECT", "SET", "GET", "SUBSCRIBE"]);
+    let ops = h.ops();
+    assert_eq!(ops[0].query.as_deref(), Some("PING"));
+    assert_eq!(ops[2].query.as_deref(), Some("SET ? ? ? ?"));
+    assert_eq!(ops[0].namespace.as_deref(), Some("0"));
+    assert_eq!(ops[2].namespace.as_deref(), Some("5"), "after SELECT 5");
     assert!(h.parser.is_done());
     h.parser.close(&h.stats, &mut h.out);
     h.check_lifecycle();
