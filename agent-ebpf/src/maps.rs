@@ -4,17 +4,57 @@
 use agent_common::{
     ConnInfo, Counters, DataEvent, KernelOffsets, Settings, WAKEUP_WINDOW_NS, select,
 };
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
-    Global,
     bindings::BPF_F_MMAPABLE,
     helpers::bpf_get_current_cgroup_id,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 
+/// A read-only global the loader writes before load (`EbpfLoader::override_global`), read one
+/// field at a time. aya's `Global::load` copies the whole value with a volatile read: 26 loads
+/// of `KernelOffsets` in every program wherever one offset was needed.
+#[repr(transparent)]
+pub struct Loaded<T>(MaybeUninit<T>);
+
+// SAFETY: never written after load; programs only read it.
+unsafe impl<T: Sync> Sync for Loaded<T> {}
+
+impl<T> Loaded<T> {
+    pub const fn new(value: T) -> Self {
+        Self(MaybeUninit::new(value))
+    }
+
+    /// The field `field` picks, read volatile so that the compiler does not fold the
+    /// placeholder value written here at build time.
+    #[inline(always)]
+    pub fn get<F: Copy>(&self, field: impl FnOnce(&T) -> &F) -> F {
+        // SAFETY: the value is initialised by `new` (and rewritten whole by the loader).
+        unsafe { core::ptr::read_volatile(field(self.0.assume_init_ref())) }
+    }
+}
+
+/// One field of `OFFSETS`.
+macro_rules! offset {
+    ($field:ident) => {
+        $crate::maps::OFFSETS.get(|o| &o.$field)
+    };
+}
+pub(crate) use offset;
+
+/// One field of `SETTINGS`.
+macro_rules! setting {
+    ($field:ident) => {
+        $crate::maps::SETTINGS.get(|s| &s.$field)
+    };
+}
+pub(crate) use setting;
+
 /// Kernel struct offsets from BTF, written by the loader before the programs are loaded.
 #[unsafe(no_mangle)]
-pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+pub static OFFSETS: Loaded<KernelOffsets> = Loaded::new(KernelOffsets {
     task_files: 0,
     files_fdt: 0,
     fdt_max_fds: 0,
@@ -42,7 +82,7 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
 
 /// Run-time settings written by the loader before load.
 #[unsafe(no_mangle)]
-pub static SETTINGS: Global<Settings> = Global::new(Settings {
+pub static SETTINGS: Loaded<Settings> = Loaded::new(Settings {
     agent_tgid: 0,
     capture_bytes: 0,
     flags: 0,
@@ -176,10 +216,9 @@ pub fn wakeup_flags(now: u64) -> u64 {
     // SAFETY: a plain timestamp; racing writers on other CPUs store nearly the same value.
     unsafe {
         let since = now.wrapping_sub(*last);
-        let settings = SETTINGS.load();
-        if since >= settings.wakeup_window_ns
+        if since >= setting!(wakeup_window_ns)
             || (since >= WAKEUP_GAP_NS
-                && EVENTS.query(AVAIL_DATA) >= u64::from(settings.wakeup_bytes))
+                && EVENTS.query(AVAIL_DATA) >= u64::from(setting!(wakeup_bytes)))
         {
             *last = now;
             return FORCE_WAKEUP;
@@ -244,21 +283,21 @@ pub fn clear_traced(tgid: u32) {
 /// pid selection, costs one inlined array load.
 #[inline(always)]
 pub fn is_traced(tgid: u32) -> bool {
-    let settings = SETTINGS.load();
-    if tgid == settings.agent_tgid {
+    if tgid == setting!(agent_tgid) {
         return false;
     }
     // SAFETY (all map reads): plain values; a concurrent update can only make them stale.
     if traced_reason(tgid) != 0 {
         return true;
     }
-    if settings.flags & (select::ALL | select::CGROUPS) == 0 {
+    let flags = setting!(flags);
+    if flags & (select::ALL | select::CGROUPS) == 0 {
         return false;
     }
     if unsafe { EXCLUDED_TGIDS.get(tgid).is_some() } {
         return false;
     }
-    if settings.flags & select::ALL != 0 {
+    if flags & select::ALL != 0 {
         return true;
     }
     // SAFETY: helper without preconditions.
@@ -269,9 +308,8 @@ pub fn is_traced(tgid: u32) -> bool {
 /// True when an untraced process may be selected by port in the kernel.
 #[inline(always)]
 pub fn may_select_by_port(tgid: u32) -> bool {
-    let settings = SETTINGS.load();
-    settings.flags & select::PORTS != 0
-        && tgid != settings.agent_tgid
+    setting!(flags) & select::PORTS != 0
+        && tgid != setting!(agent_tgid)
         // SAFETY: plain value.
         && unsafe { EXCLUDED_TGIDS.get(tgid).is_none() }
 }

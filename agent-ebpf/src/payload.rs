@@ -6,7 +6,7 @@ use core::ffi::c_void;
 use agent_common::{DataEvent, EVENT_DATA, EventHeader, MAX_IOV, MAX_PAYLOAD, counter};
 use aya_ebpf::helpers::{bpf_loop, bpf_probe_read_user, bpf_probe_read_user_buf};
 
-use crate::maps::{BufKind, EVENTS, Inflight, SCRATCH, SETTINGS, count, wakeup_flags};
+use crate::maps::{BufKind, EVENTS, Inflight, SCRATCH, count, setting, wakeup_flags};
 
 const HEADER: usize = core::mem::size_of::<EventHeader>();
 
@@ -161,7 +161,7 @@ pub fn emit_data(args: &Inflight, header: EventHeader, ret: u64) {
     ev.header = header;
 
     let limit = {
-        let configured = SETTINGS.load().capture_bytes as usize;
+        let configured = setting!(capture_bytes) as usize;
         let cap = if configured > MAX_PAYLOAD || configured == 0 {
             MAX_PAYLOAD
         } else {

@@ -15,8 +15,8 @@ use aya_ebpf::{
 
 use crate::inflight;
 use crate::maps::{
-    BY_FORK, EVENTS, EXCLUDED_TGIDS, FORCE_WAKEUP, OFFSETS, SETTINGS, clear_traced, count,
-    is_traced, set_traced, traced_reason,
+    BY_FORK, EVENTS, EXCLUDED_TGIDS, FORCE_WAKEUP, clear_traced, count, is_traced, offset,
+    set_traced, setting, traced_reason,
 };
 
 #[inline(always)]
@@ -56,10 +56,9 @@ pub fn emit(what: u32, tgid: u32, ppid: u32, port: u16) {
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let child: u64 = ctx.arg(1);
-    let off = OFFSETS.load();
     let (Some(pid), Some(tgid)) = (
-        read::<u32>(child, off.task_pid),
-        read::<u32>(child, off.task_tgid),
+        read::<u32>(child, offset!(task_pid)),
+        read::<u32>(child, offset!(task_tgid)),
     ) else {
         return 0;
     };
@@ -86,10 +85,10 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid == SETTINGS.load().agent_tgid {
+    if tgid == setting!(agent_tgid) {
         return 0;
     }
-    if SETTINGS.load().flags & select::REPORT_EXEC != 0 || is_traced(tgid) {
+    if setting!(flags) & select::REPORT_EXEC != 0 || is_traced(tgid) {
         emit(PROC_EXEC, tgid, 0, 0);
     }
     0
@@ -102,14 +101,13 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     // Every thread passes here: one that dies inside a call frees its slot.
     inflight::forget(bpf_get_current_pid_tgid());
-    let off = OFFSETS.load();
     // SAFETY: helper without preconditions.
     let task = unsafe { bpf_get_current_task() };
-    let Some(signal) = read::<u64>(task, off.task_signal) else {
+    let Some(signal) = read::<u64>(task, offset!(task_signal)) else {
         return 0;
     };
     // `signal->live` is decremented before this tracepoint: 0 means the whole group is dead.
-    match read::<u32>(signal, off.signal_live) {
+    match read::<u32>(signal, offset!(signal_live)) {
         Some(0) => {}
         _ => return 0,
     }

@@ -26,8 +26,8 @@ use aya_ebpf::{
 use crate::{
     inflight,
     maps::{
-        BY_PORT, BufKind, CONNS, Inflight, OFFSETS, count, is_selected_port, is_traced,
-        may_select_by_port, set_traced,
+        BY_PORT, BufKind, CONNS, Inflight, count, is_selected_port, is_traced, may_select_by_port,
+        offset, set_traced,
     },
     payload::{emit_data, emit_header},
     process,
@@ -105,20 +105,8 @@ fn save(
 /// Saves the time thread `pid_tgid` began sending in syscall `nr`, for the call's exit.
 #[inline(always)]
 fn send_started(pid_tgid: u64, nr: i32) {
-    inflight::save(Inflight {
-        owner: pid_tgid,
-        // SAFETY: helper without preconditions.
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-        fd: -1,
-        buf: 0,
-        count: 0,
-        syscall: 0,
-        direction: DIR_EGRESS,
-        kind: BufKind::None,
-        spilled: 0,
-        nr,
-        _pad: 0,
-    });
+    // SAFETY: helper without preconditions.
+    inflight::save_start(pid_tgid, unsafe { bpf_ktime_get_ns() }, nr);
 }
 
 /// `tp_btf/tcp_sendmsg_locked`: a thread starts copying bytes into a TCP socket. This is where
@@ -210,14 +198,14 @@ fn call(
 /// x86_64, `syscallno` on arm64; `KernelOffsets::regs_syscall_nr`).
 #[inline(always)]
 fn current_syscall_nr() -> Option<i32> {
-    let off = OFFSETS.load();
+    let at = offset!(regs_syscall_nr);
     // SAFETY: as in `syscall_args`: a BTF-typed pointer, each load checked by the verifier.
     unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
         if regs.is_null() {
             return None;
         }
-        Some(*(regs.add(off.regs_syscall_nr as usize) as *const i32))
+        Some(*(regs.add(at as usize) as *const i32))
     }
 }
 
@@ -225,7 +213,7 @@ fn current_syscall_nr() -> Option<i32> {
 /// (which the syscall does not change; where they are comes from BTF, `KernelOffsets::regs_args`).
 #[inline(always)]
 fn syscall_args() -> Option<[u64; 4]> {
-    let off = OFFSETS.load();
+    let at = offset!(regs_args);
     // SAFETY: the helpers return the current task and its saved user registers, a pointer the
     // verifier types from BTF: it checks each load against the fields of `struct pt_regs`
     // (the offsets are constants to it, from the read-only globals).
@@ -235,12 +223,7 @@ fn syscall_args() -> Option<[u64; 4]> {
             return None;
         }
         let arg = |at: u32| *(regs.add(at as usize) as *const u64);
-        Some([
-            arg(off.regs_args[0]),
-            arg(off.regs_args[1]),
-            arg(off.regs_args[2]),
-            arg(off.regs_args[3]),
-        ])
+        Some([arg(at[0]), arg(at[1]), arg(at[2]), arg(at[3])])
     }
 }
 

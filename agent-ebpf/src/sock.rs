@@ -8,7 +8,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
 };
 
-use crate::maps::{CONNS, OFFSETS};
+use crate::maps::{CONNS, offset};
 
 const S_IFMT: u16 = 0o170_000;
 const S_IFSOCK: u16 = 0o140_000;
@@ -33,25 +33,24 @@ pub fn fd_to_file(fd: i32) -> Option<u64> {
     if fd < 0 {
         return None;
     }
-    let off = OFFSETS.load();
     // SAFETY: the helper returns the current task, a pointer the verifier types from BTF; each
     // load below is checked against the field at that offset, and a NULL pointer in the chain
     // reads as zero (fault-tolerant loads) rather than faulting.
     let fd_array: u64 = unsafe {
         let task = bpf_get_current_task_btf() as *const u8;
-        let files = *(task.add(off.task_files as usize) as *const *const u8);
+        let files = *(task.add(offset!(task_files) as usize) as *const *const u8);
         if files.is_null() {
             return None;
         }
-        let fdt = *(files.add(off.files_fdt as usize) as *const *const u8);
+        let fdt = *(files.add(offset!(files_fdt) as usize) as *const *const u8);
         if fdt.is_null() {
             return None;
         }
-        let max_fds = *(fdt.add(off.fdt_max_fds as usize) as *const u32);
+        let max_fds = *(fdt.add(offset!(fdt_max_fds) as usize) as *const u32);
         if fd as u32 >= max_fds {
             return None;
         }
-        *(fdt.add(off.fdt_fd as usize) as *const u64)
+        *(fdt.add(offset!(fdt_fd) as usize) as *const u64)
     };
     let file: u64 = read(fd_array, (fd as u32) * 8)?;
     if file == 0 { None } else { Some(file) }
@@ -65,36 +64,35 @@ pub fn resolve(file: u64, role: u8) -> ConnInfo {
         role,
         ..ConnInfo::default()
     };
-    let off = OFFSETS.load();
-    let Some(inode) = read::<u64>(file, off.file_inode) else {
+    let Some(inode) = read::<u64>(file, offset!(file_inode)) else {
         return info;
     };
-    let Some(mode) = read::<u16>(inode, off.inode_mode) else {
+    let Some(mode) = read::<u16>(inode, offset!(inode_mode)) else {
         return info;
     };
     if mode & S_IFMT != S_IFSOCK {
         return info;
     }
-    let Some(socket) = read::<u64>(file, off.file_private_data) else {
+    let Some(socket) = read::<u64>(file, offset!(file_private_data)) else {
         return info;
     };
-    let Some(sock_type) = read::<i16>(socket, off.socket_type) else {
+    let Some(sock_type) = read::<i16>(socket, offset!(socket_type)) else {
         return info;
     };
     if sock_type != SOCK_STREAM {
         return info;
     }
-    let Some(sk) = read::<u64>(socket, off.socket_sk) else {
+    let Some(sk) = read::<u64>(socket, offset!(socket_sk)) else {
         return info;
     };
-    let Some(family) = read::<u16>(sk, off.sk_family) else {
+    let Some(family) = read::<u16>(sk, offset!(sk_family)) else {
         return info;
     };
     if family != AF_INET && family != AF_INET6 {
         return info;
     }
-    if off.sk_protocol != OFFSET_UNKNOWN {
-        match read::<u16>(sk, off.sk_protocol) {
+    if offset!(sk_protocol) != OFFSET_UNKNOWN {
+        match read::<u16>(sk, offset!(sk_protocol)) {
             Some(IPPROTO_TCP) => {}
             _ => return info,
         }
@@ -104,19 +102,24 @@ pub fn resolve(file: u64, role: u8) -> ConnInfo {
     unsafe {
         if family == AF_INET {
             let _ = bpf_probe_read_kernel_buf(
-                base.add(off.sk_rcv_saddr as usize),
+                base.add(offset!(sk_rcv_saddr) as usize),
                 &mut info.laddr[..4],
             );
-            let _ =
-                bpf_probe_read_kernel_buf(base.add(off.sk_daddr as usize), &mut info.raddr[..4]);
+            let _ = bpf_probe_read_kernel_buf(
+                base.add(offset!(sk_daddr) as usize),
+                &mut info.raddr[..4],
+            );
         } else {
+            let _ = bpf_probe_read_kernel_buf(
+                base.add(offset!(sk_v6_rcv_saddr) as usize),
+                &mut info.laddr,
+            );
             let _ =
-                bpf_probe_read_kernel_buf(base.add(off.sk_v6_rcv_saddr as usize), &mut info.laddr);
-            let _ = bpf_probe_read_kernel_buf(base.add(off.sk_v6_daddr as usize), &mut info.raddr);
+                bpf_probe_read_kernel_buf(base.add(offset!(sk_v6_daddr) as usize), &mut info.raddr);
         }
     }
-    info.lport = read::<u16>(sk, off.sk_num).unwrap_or(0);
-    info.rport = u16::from_be(read::<u16>(sk, off.sk_dport).unwrap_or(0));
+    info.lport = read::<u16>(sk, offset!(sk_num)).unwrap_or(0);
+    info.rport = u16::from_be(read::<u16>(sk, offset!(sk_dport)).unwrap_or(0));
     info.family = family;
     info.sock = sk;
     info.is_tcp = 1;
