@@ -28,6 +28,14 @@ fn slot(pid_tgid: u64) -> Option<*mut Inflight> {
     INFLIGHT.get_ptr_mut((pid_tgid as u32) & (INFLIGHT_SLOTS - 1))
 }
 
+/// Whether a slot owned by `owner` holds the live call of another thread than `pid_tgid`. A
+/// thread's slot is freed by its exit, and by `forget` when the thread dies; the same thread id
+/// of another process is a stale call, free to overwrite.
+#[inline(always)]
+fn held_by_another(owner: u64, pid_tgid: u64) -> bool {
+    owner != 0 && owner != pid_tgid && owner as u32 != pid_tgid as u32
+}
+
 /// Saves `args` as the call of thread `args.owner`.
 #[inline(always)]
 pub fn save(args: Inflight) {
@@ -38,10 +46,7 @@ pub fn save(args: Inflight) {
     // SAFETY: array slots live as long as the map; a thread writes only its own slot (see below
     // for the one byte it may set in another's).
     let slot = unsafe { &mut *slot };
-    let owner = slot.owner;
-    // Another thread id in the slot is a live call (a thread's slot is freed by its exit, and
-    // by `forget` when the thread dies); the same thread id of another process is a stale one.
-    if owner != 0 && owner != pid_tgid && owner as u32 != pid_tgid as u32 {
+    if held_by_another(slot.owner, pid_tgid) {
         if INFLIGHT_SPILL.insert(pid_tgid, args, 0).is_err() {
             count(counter::LOST_INFLIGHT_FULL);
         }
@@ -71,8 +76,7 @@ pub fn save_start(pid_tgid: u64, enter_ns: u64, nr: i32) {
     };
     // SAFETY: as in `save`.
     let slot = unsafe { &mut *slot };
-    let owner = slot.owner;
-    if owner != 0 && owner != pid_tgid && owner as u32 != pid_tgid as u32 {
+    if held_by_another(slot.owner, pid_tgid) {
         return save(Inflight {
             owner: pid_tgid,
             enter_ns,

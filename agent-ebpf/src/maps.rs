@@ -1,11 +1,11 @@
 //! Maps and read-only globals shared by every program. Every map is bounded; when one is full the
 //! event is counted under a `counter::*` reason instead of vanishing.
 
+use core::mem::MaybeUninit;
+
 use agent_common::{
     ConnInfo, Counters, DataEvent, KernelOffsets, Settings, WAKEUP_WINDOW_NS, select,
 };
-use core::mem::MaybeUninit;
-
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     helpers::bpf_get_current_cgroup_id,
