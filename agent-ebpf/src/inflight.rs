@@ -65,30 +65,6 @@ pub fn save(args: Inflight) {
     slot.owner = pid_tgid;
 }
 
-/// Saves when thread `pid_tgid` began sending in syscall `nr` (the exit reads the call's
-/// arguments from the registers). Only the fields a send's exit reads are written: building a
-/// whole `Inflight` with zeroed fields compiled to two calls of a byte-by-byte `memset`, as many
-/// instructions as the rest of the program.
-#[inline(always)]
-pub fn save_start(pid_tgid: u64, enter_ns: u64, nr: i32) {
-    let Some(slot) = slot(pid_tgid) else {
-        return;
-    };
-    // SAFETY: as in `save`.
-    let slot = unsafe { &mut *slot };
-    if held_by_another(slot.owner, pid_tgid) {
-        return save(Inflight {
-            owner: pid_tgid,
-            enter_ns,
-            nr,
-            ..NONE
-        });
-    }
-    slot.enter_ns = enter_ns;
-    slot.nr = nr;
-    slot.owner = pid_tgid;
-}
-
 /// Whether thread `pid_tgid` has a saved call of syscall `nr` already: a TCP send reports its
 /// start once per round of its copy loop, and the first round is when the call began.
 #[inline(always)]

@@ -102,47 +102,67 @@ fn save(
     0
 }
 
-/// Saves the time thread `pid_tgid` began sending in syscall `nr`, for the call's exit.
+/// Saves the start of a send of thread `pid_tgid`, syscall `nr`, with its first three
+/// arguments (descriptor, buffer, count), for the call's exit.
 #[inline(always)]
-fn send_started(pid_tgid: u64, nr: i32) {
-    // SAFETY: helper without preconditions.
-    inflight::save_start(pid_tgid, unsafe { bpf_ktime_get_ns() }, nr);
+fn send_started(pid_tgid: u64, nr: i32, args: [u64; 3]) {
+    let [fd, buf, count] = args;
+    inflight::save(Inflight {
+        owner: pid_tgid,
+        // SAFETY: helper without preconditions.
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        fd: fd as i32,
+        buf,
+        count,
+        syscall: 0,
+        direction: DIR_EGRESS,
+        kind: BufKind::None,
+        spilled: 0,
+        nr,
+        _pad: 0,
+    });
 }
 
 /// `tp_btf/tcp_sendmsg_locked`: a thread starts copying bytes into a TCP socket. This is where
 /// a send's start is taken, where the kernel has this tracepoint: it fires for TCP sends only,
 /// so the writes of every process to files, pipes and terminals run no program on their way
 /// in, and a BTF tracepoint skips the record the syscall tracepoints build for each call. It
-/// fires once per round of the kernel's copy loop; the first round is the start.
+/// fires once per round of the kernel's copy loop; the first round is the start. The syscall's
+/// number and arguments come from the registers its task saved on entry.
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked(_ctx: BtfTracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !is_traced((pid_tgid >> 32) as u32) {
         return 0;
     }
-    let Some(nr) = current_syscall_nr() else {
+    let Some(regs) = saved_regs() else {
         return 0;
     };
+    let nr = regs.nr();
     if !inflight::started(pid_tgid, nr) {
-        send_started(pid_tgid, nr);
+        let [fd, buf, count, _] = regs.args();
+        send_started(pid_tgid, nr, [fd, buf, count]);
     }
     0
 }
 
 /// `sys_enter_*` of a sending syscall, attached only where the kernel has no
-/// `tcp_sendmsg_locked` tracepoint: the time every call of a traced process began.
+/// `tcp_sendmsg_locked` tracepoint: the start of every call of a traced process.
 #[inline(always)]
 fn enter_send(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if is_traced((pid_tgid >> 32) as u32) {
-        send_started(pid_tgid, record_nr(ctx));
+        send_started(
+            pid_tgid,
+            record_nr(ctx),
+            [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2)],
+        );
     }
     0
 }
 
-/// Sends the bytes a finished sending syscall moved. Only a call whose start was saved (a TCP
-/// send of a traced process) goes on; its arguments come from the saved registers, as for
-/// receiving syscalls.
+/// Sends the bytes a finished sending syscall moved, with the arguments saved at its start.
+/// Only a call whose start was saved (a TCP send of a traced process) goes on.
 #[inline(always)]
 fn exit_sent(ctx: &TracePointContext, sc: u8, kind: BufKind) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -155,75 +175,58 @@ fn exit_sent(ctx: &TracePointContext, sc: u8, kind: BufKind) -> u32 {
     if r <= 0 || start.nr != record_nr(ctx) {
         return 0;
     }
-    let Some([fd, buf, n, _]) = syscall_args() else {
-        count(counter::LOST_SYSCALL_ARGS);
-        return 0;
-    };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let args = call(pid_tgid, start.enter_ns, fd, buf, n, sc, DIR_EGRESS, kind);
+    let args = Inflight {
+        syscall: sc,
+        kind,
+        ..start
+    };
     moved(pid_tgid, &args, r as u64, now);
     0
 }
 
-/// A finished call's arguments as `moved` takes them.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn call(
-    pid_tgid: u64,
-    enter_ns: u64,
-    fd: u64,
-    buf: u64,
-    count: u64,
-    syscall: u8,
-    direction: u8,
-    kind: BufKind,
-) -> Inflight {
-    Inflight {
-        owner: pid_tgid,
-        enter_ns,
-        buf,
-        count,
-        fd: fd as i32,
-        syscall,
-        direction,
-        kind,
-        spilled: 0,
-        nr: -1,
-        _pad: 0,
+/// The registers the current task saved on syscall entry, which the syscall does not change:
+/// its number and arguments, where BTF says they are (`KernelOffsets::regs_*`).
+#[derive(Clone, Copy)]
+struct SavedRegs(*const u8);
+
+impl SavedRegs {
+    #[inline(always)]
+    fn load<T: Copy>(self, at: u32) -> T {
+        // SAFETY: a pointer the verifier types from BTF (`struct pt_regs`): it checks each load
+        // against the struct's fields (the offsets are constants to it, from the read-only
+        // globals).
+        unsafe { *(self.0.add(at as usize) as *const T) }
+    }
+
+    /// The syscall's first four arguments.
+    #[inline(always)]
+    fn args(self) -> [u64; 4] {
+        let at = offset!(regs_args);
+        [
+            self.load(at[0]),
+            self.load(at[1]),
+            self.load(at[2]),
+            self.load(at[3]),
+        ]
+    }
+
+    /// The syscall's number (`orig_ax` on x86_64, `syscallno` on arm64), 32 bits of it.
+    #[inline(always)]
+    fn nr(self) -> i32 {
+        self.load(offset!(regs_syscall_nr))
     }
 }
 
-/// The number of the syscall the current task is in, from its saved registers (`orig_ax` on
-/// x86_64, `syscallno` on arm64; `KernelOffsets::regs_syscall_nr`).
 #[inline(always)]
-fn current_syscall_nr() -> Option<i32> {
-    let at = offset!(regs_syscall_nr);
-    // SAFETY: as in `syscall_args`: a BTF-typed pointer, each load checked by the verifier.
-    unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-        if regs.is_null() {
-            return None;
-        }
-        Some(*(regs.add(at as usize) as *const i32))
-    }
-}
-
-/// The first four arguments of the current syscall, from the registers its task saved on entry
-/// (which the syscall does not change; where they are comes from BTF, `KernelOffsets::regs_args`).
-#[inline(always)]
-fn syscall_args() -> Option<[u64; 4]> {
-    let at = offset!(regs_args);
-    // SAFETY: the helpers return the current task and its saved user registers, a pointer the
-    // verifier types from BTF: it checks each load against the fields of `struct pt_regs`
-    // (the offsets are constants to it, from the read-only globals).
-    unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-        if regs.is_null() {
-            return None;
-        }
-        let arg = |at: u32| *(regs.add(at as usize) as *const u64);
-        Some([arg(at[0]), arg(at[1]), arg(at[2]), arg(at[3])])
+fn saved_regs() -> Option<SavedRegs> {
+    // SAFETY: the helpers return the current task and its saved user registers.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    if regs.is_null() {
+        None
+    } else {
+        Some(SavedRegs(regs))
     }
 }
 
@@ -248,10 +251,11 @@ fn exit_received(ctx: &TracePointContext, sc: u8, kind: BufKind, flags_arg: Opti
     if !is_traced((pid_tgid >> 32) as u32) {
         return 0;
     }
-    let Some(args) = syscall_args() else {
+    let Some(regs) = saved_regs() else {
         count(counter::LOST_SYSCALL_ARGS);
         return 0;
     };
+    let args = regs.args();
     let [fd, buf, n, _] = args;
     let flags = flags_arg.map_or(0, |i| args[i & 3]);
     if flags & MSG_PEEK != 0 {
@@ -264,7 +268,19 @@ fn exit_received(ctx: &TracePointContext, sc: u8, kind: BufKind, flags_arg: Opti
     };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let args = call(pid_tgid, now, fd, buf, n, sc, DIR_INGRESS, kind);
+    let args = Inflight {
+        owner: pid_tgid,
+        enter_ns: now,
+        buf,
+        count: n,
+        fd: fd as i32,
+        syscall: sc,
+        direction: DIR_INGRESS,
+        kind,
+        spilled: 0,
+        nr: -1,
+        _pad: 0,
+    };
     moved(pid_tgid, &args, r as u64, now);
     0
 }
