@@ -2,13 +2,14 @@
 //! (`struct syscall_trace_enter/exit`): arguments start at byte 16, 8 bytes each, and the return
 //! value of `sys_exit_*` sits at byte 16.
 //!
-//! Syscalls that move bytes are read at their exit, their arguments from the registers the task
-//! saved on entry, so a read costs one program run, and the many reads that return nothing
-//! (`EAGAIN` in event loops) cost only their return-value check. A received message is timed by
-//! its arrival: the exit. A sent one is timed by when it began (a CLIENT span starts when its
-//! request starts to be written): the BTF tracepoint `tcp_sendmsg_locked` saves that time for
-//! TCP sends of traced processes only, or, on kernels without it, the sending syscalls' enter
-//! tracepoints do for every call of a traced process.
+//! Receiving syscalls are read at their exit, their arguments from the registers the task saved
+//! on entry, so a read costs one program run, and the many reads that return nothing (`EAGAIN`
+//! in event loops) cost only their return-value check. A received message is timed by its
+//! arrival: the exit. A sent one is timed by when it began (a CLIENT span starts when its
+//! request starts to be written): the BTF tracepoint `tcp_sendmsg_locked` saves that time and
+//! the call's arguments for TCP sends of traced processes only, or, on kernels without it, the
+//! sending syscalls' enter tracepoints do for every call of a traced process; the exit takes
+//! them back.
 
 use agent_common::{
     ConnInfo, DIR_EGRESS, DIR_INGRESS, EVENT_CLOSE, EVENT_OPEN, EventHeader, IGNORE_SOCKET,
