@@ -397,7 +397,7 @@ macro_rules! received_syscall {
 
 macro_rules! sent_syscall {
     ($enter:ident, $exit:ident, $sc:expr, $kind:expr) => {
-        #[doc = concat!("`syscalls/", stringify!($enter), "`: saves when a traced process's call began (where `tcp_sendmsg_locked` is missing).")]
+        #[doc = concat!("`syscalls/", stringify!($enter), "`: saves a traced process's call, its start and arguments (where `tcp_sendmsg_locked` is missing).")]
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
             enter_send(&ctx)
