@@ -143,6 +143,19 @@ impl TraceService for Grpc {
 }
 
 impl Receiver {
+    /// Waits until at least `n` spans arrived (30 s at most: passing tests return as soon as
+    /// they are there) and returns all received so far; panics with what arrived otherwise.
+    pub fn wait_spans(&self, n: usize) -> Vec<RecvSpan> {
+        crate::eventually(std::time::Duration::from_secs(30), || {
+            let s = self.spans();
+            (s.len() >= n).then_some(s)
+        })
+        .unwrap_or_else(|| {
+            let got = self.spans();
+            panic!("expected {n} spans, got {}: {got:#?}", got.len())
+        })
+    }
+
     /// Waits for `n` spans, then a little longer so that extra spans would show: longer than the
     /// ride-along window of an exporting agent (records wait up to ~1 s in the ring buffer) and
     /// the tests' 200 ms export batches.

@@ -77,11 +77,7 @@ fn python_client_spans_with(extra_args: &[&str]) -> Vec<String> {
         .collect();
     assert_eq!(results.len(), 4);
 
-    let spans = eventually(Duration::from_secs(15), || {
-        let s = rx.spans();
-        (s.len() >= 4).then_some(s)
-    })
-    .unwrap_or_else(|| panic!("spans missing; received {:#?}", rx.spans()));
+    let spans = rx.wait_spans(4);
     let (_, stderr) = agent.stop();
     assert_eq!(spans.len(), 4, "{spans:#?}");
 

@@ -1,10 +1,10 @@
 //! SERVER spans: real Python and Node.js servers traced by the real agent, spans received by a
 //! real OTLP receiver over gRPC and http/protobuf.
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use agent_e2e::{
-    Agent, Call, Proc, curl, eventually, free_port, peer,
+    Agent, Call, Proc, curl, free_port, peer,
     receiver::{Receiver, RecvSpan},
     wait_port,
 };
@@ -88,14 +88,16 @@ fn check_server_span<'a>(spans: &'a [RecvSpan], call: &Call, port: u16) -> &'a R
     s
 }
 
-#[test]
-fn python_server_spans_over_grpc() {
+/// The Python test server on a free port (`py_server.py` with `extra` arguments), traced by an
+/// agent exporting over gRPC: its port, the server, the receiver and the agent.
+fn traced_python_server(extra: &[&str], env: &[(&str, &str)]) -> (u16, Proc, Receiver, Agent) {
     let port = free_port();
     let server = Proc::spawn(
         Command::new("python3")
             .arg(peer("py_server.py"))
             .arg(port.to_string())
-            .env("OTEL_SERVICE_NAME", "py-shop"),
+            .args(extra)
+            .envs(env.iter().copied()),
     );
     wait_port(port);
     let rx = Receiver::grpc();
@@ -103,6 +105,12 @@ fn python_server_spans_over_grpc() {
         &otlp_args(&rx, server.pid()),
         &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
     );
+    (port, server, rx, agent)
+}
+
+#[test]
+fn python_server_spans_over_grpc() {
+    let (port, server, rx, agent) = traced_python_server(&[], &[("OTEL_SERVICE_NAME", "py-shop")]);
 
     let base = format!("http://127.0.0.1:{port}");
     let calls = [
@@ -118,11 +126,7 @@ fn python_server_spans_over_grpc() {
         vec![200, 500, 404, 200, 200, 201]
     );
 
-    let spans = eventually(Duration::from_secs(15), || {
-        let s = rx.spans();
-        (s.len() >= calls.len()).then_some(s)
-    })
-    .unwrap_or_else(|| panic!("spans missing; received {:#?}", rx.spans()));
+    let spans = rx.wait_spans(calls.len());
     let (_, stderr) = agent.stop();
     assert_eq!(spans.len(), calls.len(), "one span per request: {spans:#?}");
 
@@ -213,11 +217,7 @@ fn node_server_spans_over_http_protobuf_with_keep_alive() {
     assert!(out.status.success());
     let end = agent_e2e::now_ns();
 
-    let spans = eventually(Duration::from_secs(15), || {
-        let s = rx.spans();
-        (s.len() >= 6).then_some(s)
-    })
-    .unwrap_or_else(|| panic!("spans missing; received {:#?}", rx.spans()));
+    let spans = rx.wait_spans(6);
     agent.stop();
     assert_eq!(spans.len(), 6, "{spans:#?}");
     check_server_span(&spans, &single[0], port);
@@ -259,19 +259,7 @@ fn node_server_spans_over_http_protobuf_with_keep_alive() {
 /// again later, so they must not enter the stream twice.
 #[test]
 fn peeked_bytes_are_not_taken_for_data() {
-    let port = free_port();
-    let server = Proc::spawn(
-        Command::new("python3")
-            .arg(peer("py_server.py"))
-            .arg(port.to_string())
-            .arg("--peek"),
-    );
-    wait_port(port);
-    let rx = Receiver::grpc();
-    let agent = Agent::start(
-        &otlp_args(&rx, server.pid()),
-        &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
-    );
+    let (port, _server, rx, agent) = traced_python_server(&["--peek"], &[]);
 
     let base = format!("http://127.0.0.1:{port}");
     let first = curl(&format!("{base}/hello?peeked=1"), &[]);
@@ -286,11 +274,7 @@ fn peeked_bytes_are_not_taken_for_data() {
     assert!(out.status.success());
     assert_eq!((first.status, post.status), (200, 201));
 
-    let spans = eventually(Duration::from_secs(15), || {
-        let s = rx.spans();
-        (s.len() >= 4).then_some(s)
-    })
-    .unwrap_or_else(|| panic!("spans missing; received {:#?}", rx.spans()));
+    let spans = rx.wait_spans(4);
     let (_, stderr) = agent.stop();
     assert_eq!(spans.len(), 4, "one span per request: {spans:#?}");
     check_server_span(&spans, &first, port);

@@ -26,7 +26,7 @@ fn chain_of_three_runtimes_is_one_trace_per_request() {
         chain.get(&format!("/chain?id={id}"), &[]);
     }
     chain.get("/fanout?id=f", &[]);
-    let spans = wait_spans(&rx, 4 * 5 + 9);
+    let spans = rx.wait_spans(4 * 5 + 9);
     std::thread::sleep(Duration::from_millis(500));
     let (_, stderr) = agent.stop();
     let spans_after = rx.spans();
@@ -86,7 +86,7 @@ fn chain_entered_with_w3c_b3_multi_and_b3_single() {
             ),
         ],
     );
-    let spans = wait_spans(&rx, 20);
+    let spans = rx.wait_spans(20);
     let (_, stderr) = agent.stop();
     let cases = [
         ("w3c", w3c_trace, "00f067aa0ba902b7", "tracecontext"),
@@ -166,7 +166,7 @@ fn twenty_concurrent_clients_never_cross_link() {
         .flat_map(|c| c.join().expect("client thread"))
         .collect();
     let expected: usize = sent.iter().map(|(_, f, _)| if *f { 9 } else { 5 }).sum();
-    let spans = wait_spans(&rx, expected);
+    let spans = rx.wait_spans(expected);
     std::thread::sleep(Duration::from_millis(500));
     let (_, stderr) = agent.stop();
     assert_eq!(rx.spans().len(), expected, "{stderr:#?}");
@@ -214,7 +214,7 @@ fn two_agents_join_one_trace_through_forwarded_headers() {
         );
         assert_eq!(status, 200);
     }
-    let spans = wait_spans(&rx, 6);
+    let spans = rx.wait_spans(6);
     agent_x.stop();
     agent_y.stop();
     let spans_after = rx.spans();
@@ -304,7 +304,7 @@ fn malformed_context_headers_are_ignored_and_counted() {
         let (status, _) = http_get("127.0.0.1", port, &format!("/chain?id={i}"), &[(k, v)]);
         assert_eq!(status, 200);
     }
-    let spans = wait_spans(&rx, bad.len());
+    let spans = rx.wait_spans(bad.len());
     let (_, stderr) = agent.stop();
     assert_eq!(spans.len(), bad.len());
     let traces: BTreeSet<_> = spans.iter().map(|s| s.trace_hex()).collect();
@@ -346,7 +346,7 @@ fn sampling_keeps_or_drops_whole_traces() {
         chain.get(&format!("/chain?id=r{i}"), &[]);
     }
     // Sampled-flag requests give at least 30 spans; wait for them, then for the ratio ones.
-    wait_spans(&rx, 30);
+    rx.wait_spans(30);
     std::thread::sleep(Duration::from_secs(2));
     let (_, stderr) = agent.stop();
     let spans = rx.spans();
@@ -423,7 +423,7 @@ fn event_loop_links_only_through_forwarded_context() {
     for c in clients {
         c.join().expect("client");
     }
-    let spans = wait_spans(&rx, 10 * 4 * 3);
+    let spans = rx.wait_spans(10 * 4 * 3);
     let (_, stderr) = agent.stop();
     for t in 0..10 {
         for k in 0..4 {

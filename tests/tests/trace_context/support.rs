@@ -4,12 +4,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     process::Command,
-    time::Duration,
 };
 
 use agent_e2e::{
-    Agent, Proc, eventually, free_port, http_get, peer, receiver::Receiver, receiver::RecvSpan,
-    wait_ready,
+    Agent, Proc, free_port, http_get, peer, receiver::Receiver, receiver::RecvSpan, wait_ready,
 };
 
 pub(crate) const SERVER: i32 = 2;
@@ -175,17 +173,6 @@ pub(crate) fn check_request(
         );
     }
     trace_id
-}
-
-pub(crate) fn wait_spans(rx: &Receiver, n: usize) -> Vec<RecvSpan> {
-    eventually(Duration::from_secs(30), || {
-        let s = rx.spans();
-        (s.len() >= n).then_some(s)
-    })
-    .unwrap_or_else(|| {
-        let got = rx.spans();
-        panic!("expected {n} spans, got {}: {got:#?}", got.len())
-    })
 }
 
 pub(crate) fn counter(stderr: &[String], name: &str) -> u64 {
