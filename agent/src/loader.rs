@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, Program, ProgramError, RawTracePoint, TracePoint},
 };
 use tracing::{debug, info};
 
@@ -219,11 +219,7 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded> {
         .map(|n| ("syscalls", *n))
         .chain(SCHED_TRACEPOINTS.iter().map(|n| ("sched", *n)));
     for (category, name) in tracepoints {
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the eBPF object"))?
-            .try_into()
-            .with_context(|| format!("program {name} is not a tracepoint"))?;
+        let program: &mut TracePoint = program(&mut ebpf, name, "tracepoint")?;
         program
             .load()
             .with_context(|| format!("the kernel refused to load {name}"))?;
@@ -232,11 +228,7 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded> {
             .with_context(|| format!("attaching {category}/{name}"))?;
     }
     for name in RAW_TRACEPOINTS {
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the eBPF object"))?
-            .try_into()
-            .with_context(|| format!("program {name} is not a raw tracepoint"))?;
+        let program: &mut RawTracePoint = program(&mut ebpf, name, "raw tracepoint")?;
         program
             .load()
             .with_context(|| format!("the kernel refused to load {name}"))?;
@@ -276,11 +268,7 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded> {
 /// running kernel's own BTF and a kernel that has the tracepoint.
 fn attach_send_start(ebpf: &mut Ebpf) -> Result<()> {
     let btf = Btf::from_sys_fs().context("reading the running kernel's BTF")?;
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(SEND_START)
-        .with_context(|| format!("program {SEND_START} missing from the eBPF object"))?
-        .try_into()
-        .with_context(|| format!("program {SEND_START} is not a BTF tracepoint"))?;
+    let program: &mut BtfTracePoint = program(ebpf, SEND_START, "BTF tracepoint")?;
     program
         .load(SEND_START, &btf)
         .with_context(|| format!("the kernel refused to load {SEND_START}"))?;
@@ -288,6 +276,17 @@ fn attach_send_start(ebpf: &mut Ebpf) -> Result<()> {
         .attach()
         .with_context(|| format!("attaching tp_btf/{SEND_START}"))?;
     Ok(())
+}
+
+/// The program `name` of the object, as the `kind` of program `P` it must be.
+pub fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str, kind: &str) -> Result<&'a mut P>
+where
+    &'a mut Program: TryInto<&'a mut P, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a {kind}"))
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {

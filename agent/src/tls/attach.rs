@@ -72,11 +72,7 @@ impl Attacher {
     /// Loads the TLS programs into `ebpf` (which the attacher then owns) and starts the thread.
     pub fn start(mut ebpf: Ebpf, proc_root: PathBuf, stats: Arc<Stats>) -> Result<(Self, Running)> {
         for name in [ENTRY_PROGRAM, RETURN_PROGRAM] {
-            let program: &mut UProbe = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the eBPF object"))?
-                .try_into()
-                .with_context(|| format!("program {name} is not a uprobe"))?;
+            let program: &mut UProbe = crate::loader::program(&mut ebpf, name, "uprobe")?;
             program
                 .load()
                 .with_context(|| format!("the kernel refused to load {name}"))?;
