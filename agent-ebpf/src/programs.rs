@@ -1,6 +1,4 @@
-//! The tracepoint programs. Syscall tracepoints have a fixed layout on every kernel
-//! (`struct syscall_trace_enter/exit`): arguments start at byte 16, 8 bytes each, and the return
-//! value of `sys_exit_*` sits at byte 16.
+//! The tracepoint programs (their records and saved registers are read through `call`).
 //!
 //! Receiving syscalls are read at their exit, their arguments from the registers the task saved
 //! on entry, so a read costs one program run, and the many reads that return nothing (`EAGAIN`
@@ -16,19 +14,17 @@ use agent_common::{
     PROC_MMAP_EXEC, PROC_PORT, ROLE_CLIENT, ROLE_SERVER, counter, syscall,
 };
 use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 
 use crate::{
+    call::{arg, record_nr, ret, saved_regs},
     inflight,
     maps::{
         BY_PORT, BufKind, CONNS, Inflight, count, is_selected_port, is_traced, may_select_by_port,
-        offset, set_traced,
+        set_traced,
     },
     payload::{emit_data, emit_header},
     process,
@@ -37,28 +33,6 @@ use crate::{
 };
 
 const EINPROGRESS: i64 = 115;
-
-/// Argument `n` of a `sys_enter_*` record. A direct load from the context, which the verifier
-/// checks once at load time (a `bpf_probe_read` per argument cost a helper call each).
-#[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: the record is at least 16 + 8 * 6 bytes; arguments are at 16 + 8 * n.
-    unsafe { *(ctx.as_ptr() as *const u64).add(2 + n) }
-}
-
-/// The return value of a `sys_exit_*` record, at byte 16.
-#[inline(always)]
-fn ret(ctx: &TracePointContext) -> i64 {
-    // SAFETY: as for `arg`.
-    unsafe { *(ctx.as_ptr() as *const i64).add(2) }
-}
-
-/// The kernel's number of the syscall a `sys_enter_*` or `sys_exit_*` record is of, at byte 8.
-#[inline(always)]
-fn record_nr(ctx: &TracePointContext) -> i32 {
-    // SAFETY: as for `arg`.
-    unsafe { *(ctx.as_ptr() as *const i32).add(2) }
-}
 
 /// Takes the arguments its enter program saved for this thread's syscall.
 #[inline(always)]
@@ -185,50 +159,6 @@ fn exit_sent(ctx: &TracePointContext, sc: u8, kind: BufKind) -> u32 {
     };
     moved(pid_tgid, &args, r as u64, now);
     0
-}
-
-/// The registers the current task saved on syscall entry, which the syscall does not change:
-/// its number and arguments, where BTF says they are (`KernelOffsets::regs_*`).
-#[derive(Clone, Copy)]
-struct SavedRegs(*const u8);
-
-impl SavedRegs {
-    #[inline(always)]
-    fn load<T: Copy>(self, at: u32) -> T {
-        // SAFETY: a pointer the verifier types from BTF (`struct pt_regs`): it checks each load
-        // against the struct's fields (the offsets are constants to it, from the read-only
-        // globals).
-        unsafe { *(self.0.add(at as usize) as *const T) }
-    }
-
-    /// The syscall's first four arguments.
-    #[inline(always)]
-    fn args(self) -> [u64; 4] {
-        let at = offset!(regs_args);
-        [
-            self.load(at[0]),
-            self.load(at[1]),
-            self.load(at[2]),
-            self.load(at[3]),
-        ]
-    }
-
-    /// The syscall's number (`orig_ax` on x86_64, `syscallno` on arm64), 32 bits of it.
-    #[inline(always)]
-    fn nr(self) -> i32 {
-        self.load(offset!(regs_syscall_nr))
-    }
-}
-
-#[inline(always)]
-fn saved_regs() -> Option<SavedRegs> {
-    // SAFETY: the helpers return the current task and its saved user registers.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
-    if regs.is_null() {
-        None
-    } else {
-        Some(SavedRegs(regs))
-    }
 }
 
 /// `recv*` flag: the bytes are looked at and left in the socket, to be read again.
