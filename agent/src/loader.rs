@@ -22,8 +22,9 @@ use crate::{
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
 
 /// Every tracepoint program, by the name of its function and tracepoint (they are the same).
-/// Syscalls that move bytes are read at their exit, their arguments from the saved registers
-/// (see `agent-ebpf/src/programs.rs`); a send's start comes from `SEND_START`.
+/// Syscalls that move bytes are sent at their exit (see `agent-ebpf/src/programs.rs`): a
+/// receive's arguments come from the saved registers, a send's start and arguments from
+/// `SEND_START`.
 pub const TRACEPOINTS: &[&str] = &[
     "sys_exit_read",
     "sys_exit_write",
