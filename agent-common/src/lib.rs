@@ -343,8 +343,9 @@ pub struct KernelOffsets {
     pub signal_live: u32,
     /// Where the current syscall's first four arguments are in `struct pt_regs` when it
     /// returns (`di`, `si`, `dx`, `r10` on x86_64; `orig_x0`, `regs[1]` to `regs[3]` on arm64,
-    /// whose `regs[0]` then holds the return value). Receiving syscalls read them at exit: the
-    /// descriptor, the buffer, its size, and `recvfrom`'s flags.
+    /// whose `regs[0]` then holds the return value). Receiving syscalls read them at exit (the
+    /// descriptor, the buffer, its size, and `recvfrom`'s flags); a send's start reads the first
+    /// three.
     pub regs_args: [u32; 4],
     /// Where `struct pt_regs` keeps the number of the syscall in progress (`orig_ax` on x86_64,
     /// `syscallno` on arm64), read as 32 bits: the send-start program tells by it which call a
