@@ -143,6 +143,23 @@ impl TraceService for Grpc {
 }
 
 impl Receiver {
+    /// The agent's flags to export here: `--otlp-endpoint` and `--otlp-protocol`.
+    pub fn export_args(&self) -> Vec<String> {
+        vec![
+            "--otlp-endpoint".into(),
+            self.endpoint.clone(),
+            "--otlp-protocol".into(),
+            self.protocol.into(),
+        ]
+    }
+
+    /// The agent's flags to trace `pid` and export here.
+    pub fn agent_args(&self, pid: u32) -> Vec<String> {
+        let mut args = vec!["--pid".into(), pid.to_string()];
+        args.extend(self.export_args());
+        args
+    }
+
     /// Waits until at least `n` spans arrived (30 s at most: passing tests return as soon as
     /// they are there) and returns all received so far; panics with what arrived otherwise.
     pub fn wait_spans(&self, n: usize) -> Vec<RecvSpan> {

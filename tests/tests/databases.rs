@@ -26,14 +26,7 @@ fn run_client(kind: &str, port: u16, expected: usize) -> (Vec<RecvSpan>, Vec<ser
     wait_ready(&client, "database client");
     let rx = Receiver::grpc();
     let agent = Agent::start(
-        &[
-            "--pid".into(),
-            client.pid().to_string(),
-            "--otlp-endpoint".into(),
-            rx.endpoint.clone(),
-            "--otlp-protocol".into(),
-            "grpc".into(),
-        ],
+        &rx.agent_args(client.pid()),
         &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
     );
     client.send_line("go");
@@ -330,14 +323,7 @@ fn queries_made_while_serving_a_request_are_its_children() {
     wait_ready(&service, "db service");
     let rx = Receiver::grpc();
     let agent = Agent::start(
-        &[
-            "--pid".into(),
-            service.pid().to_string(),
-            "--otlp-endpoint".into(),
-            rx.endpoint.clone(),
-            "--otlp-protocol".into(),
-            "grpc".into(),
-        ],
+        &rx.agent_args(service.pid()),
         &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
     );
     // Five clients at once, four requests each: handler threads interleave their queries.

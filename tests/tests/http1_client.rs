@@ -56,14 +56,7 @@ fn python_client_spans_with(extra_args: &[&str]) -> Vec<String> {
     .expect("client ready");
 
     let rx = Receiver::grpc();
-    let mut args: Vec<String> = vec![
-        "--pid".into(),
-        client.pid().to_string(),
-        "--otlp-endpoint".into(),
-        rx.endpoint.clone(),
-        "--otlp-protocol".into(),
-        "grpc".into(),
-    ];
+    let mut args = rx.agent_args(client.pid());
     args.extend(extra_args.iter().map(|a| a.to_string()));
     let agent = Agent::start(&args, &[("OTEL_BSP_SCHEDULE_DELAY", "200")]);
     client.send_line("go");

@@ -11,17 +11,6 @@ use agent_e2e::{
 
 const SERVER: i32 = 2;
 
-fn otlp_args(rx: &Receiver, pid: u32) -> Vec<String> {
-    vec![
-        "--pid".into(),
-        pid.to_string(),
-        "--otlp-endpoint".into(),
-        rx.endpoint.clone(),
-        "--otlp-protocol".into(),
-        rx.protocol.into(),
-    ]
-}
-
 /// Finds the one span for a call (by path and query) and checks everything common to SERVER
 /// spans, including that its duration lies inside the client's own measured window.
 fn check_server_span<'a>(spans: &'a [RecvSpan], call: &Call, port: u16) -> &'a RecvSpan {
@@ -102,7 +91,7 @@ fn traced_python_server(extra: &[&str], env: &[(&str, &str)]) -> (u16, Proc, Rec
     wait_port(port);
     let rx = Receiver::grpc();
     let agent = Agent::start(
-        &otlp_args(&rx, server.pid()),
+        &rx.agent_args(server.pid()),
         &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
     );
     (port, server, rx, agent)
@@ -187,7 +176,7 @@ fn node_server_spans_over_http_protobuf_with_keep_alive() {
     wait_port(port);
     let rx = Receiver::http();
     let agent = Agent::start(
-        &otlp_args(&rx, server.pid()),
+        &rx.agent_args(server.pid()),
         &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
     );
 

@@ -58,12 +58,7 @@ fn py_server(exe: &Path, port: u16, env: &[(&str, &str)]) -> Proc {
 }
 
 fn otlp(rx: &Receiver, mut args: Vec<String>) -> Vec<String> {
-    args.extend([
-        "--otlp-endpoint".to_string(),
-        rx.endpoint.clone(),
-        "--otlp-protocol".into(),
-        rx.protocol.into(),
-    ]);
+    args.extend(rx.export_args());
     args
 }
 
