@@ -166,10 +166,13 @@ pub mod counter {
     pub const LOST_TLS_UNBOUND: u32 = 9;
     /// TLS reads or writes whose saved arguments were lost (uprobe map full).
     pub const LOST_TLS_ARGS: u32 = 10;
-    /// Receiving syscalls whose arguments could not be read from the task's saved registers.
+    /// Receives whose call's arguments could not be read from the task's saved registers.
     pub const LOST_SYSCALL_ARGS: u32 = 11;
+    /// Bytes a traced process received on a TCP connection through a call the agent does not
+    /// read (`recvmmsg`, `io_uring`): a gap in that connection's stream.
+    pub const LOST_OTHER_CALL: u32 = 12;
     /// Number of counters.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// Every kernel counter (`counter::*`, by index), in one per-CPU slot of `COUNTERS`: userspace
@@ -343,13 +346,13 @@ pub struct KernelOffsets {
     pub signal_live: u32,
     /// Where the current syscall's first four arguments are in `struct pt_regs` when it
     /// returns (`di`, `si`, `dx`, `r10` on x86_64; `orig_x0`, `regs[1]` to `regs[3]` on arm64,
-    /// whose `regs[0]` then holds the return value). Receiving syscalls read them at exit (the
-    /// descriptor, the buffer, its size, and `recvfrom`'s flags); a send's start reads the first
-    /// three.
+    /// whose `regs[0]` then holds the return value). A receive reads them (the descriptor, the
+    /// buffer, its size, and at a syscall exit `recvfrom`'s flags); a send's start reads the
+    /// first three.
     pub regs_args: [u32; 4],
     /// Where `struct pt_regs` keeps the number of the syscall in progress (`orig_ax` on x86_64,
-    /// `syscallno` on arm64), read as 32 bits: the send-start program tells by it which call a
-    /// TCP send belongs to.
+    /// `syscallno` on arm64), read as 32 bits: the socket tracepoints tell by it which call
+    /// they run in (`Settings::syscall_nrs`).
     pub regs_syscall_nr: u32,
 }
 
@@ -370,13 +373,22 @@ pub struct Settings {
     pub wakeup_bytes: u32,
     /// The ride-along window ([`WAKEUP_WINDOW_NS`], [`EXPORT_WAKEUP_WINDOW_NS`]).
     pub wakeup_window_ns: u64,
+    /// The running architecture's syscall numbers of the calls that move bytes, indexed by their
+    /// `syscall::*` code (`READ` to `SENDFILE`; index 0 is unused, -1). The socket tracepoints
+    /// run inside any call that reaches a socket and tell by the saved syscall number which one
+    /// it is, and so where its buffer is.
+    pub syscall_nrs: [i32; SYSCALL_NRS],
 }
+
+/// Length of `Settings::syscall_nrs`: one past `syscall::SENDFILE`, the last code that moves
+/// bytes.
+pub const SYSCALL_NRS: usize = syscall::SENDFILE as usize + 1;
 
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 64);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 112);
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 112 + MAX_PAYLOAD * 2);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 104);
-const _: () = assert!(core::mem::size_of::<Settings>() == 24);
+const _: () = assert!(core::mem::size_of::<Settings>() == 64);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 56);
 const _: () = assert!(core::mem::size_of::<Counters>() == 8 * counter::COUNT as usize);
 const _: () = assert!(MAX_PAYLOAD.is_power_of_two());

@@ -21,6 +21,7 @@ pub const NONE: Inflight = Inflight {
     spilled: 0,
     nr: -1,
     _pad: 0,
+    sk: 0,
 };
 
 #[inline(always)]
@@ -62,6 +63,7 @@ pub fn save(args: Inflight) {
     slot.direction = args.direction;
     slot.kind = args.kind;
     slot.nr = args.nr;
+    slot.sk = args.sk;
     slot.owner = pid_tgid;
 }
 

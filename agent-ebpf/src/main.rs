@@ -1,14 +1,15 @@
 //! Kernel programs of the agent.
 //!
-//! Syscall tracepoints record the socket traffic of traced processes: the `sys_exit_*` program
-//! of a syscall that moved bytes on a TCP socket copies a bounded payload prefix and sends it
-//! with the connection's 4-tuple through the `EVENTS` ring buffer. A send's start (and its
-//! arguments) is saved in its thread's `INFLIGHT` slot by the BTF tracepoint
-//! `tcp_sendmsg_locked`, or by the sending syscalls' enter programs on kernels without it;
-//! receives need no enter program. `connect`, `accept`, `accept4` and `close` mark connection
-//! boundaries and roles; the `sched` programs keep the traced set right as processes fork, exec
-//! and exit. Uprobes on TLS libraries (`tls`) send the plaintext of encrypted connections the
-//! same way. Nothing here parses protocols: that is userspace's job.
+//! The socket traffic of traced processes is read where it crosses a socket: the BTF
+//! tracepoints `sock_recv_length` and `sock_send_length` (`socket_calls`) copy a bounded payload
+//! prefix of the bytes a call moved on a TCP socket and send it with the connection's 4-tuple
+//! through the `EVENTS` ring buffer; a send's start (and its arguments) is saved in its thread's
+//! `INFLIGHT` slot by `tcp_sendmsg_locked`. On kernels without those tracepoints the syscall
+//! tracepoints of the calls that move bytes do the same (`programs`). `connect`, `accept`,
+//! `accept4` and `close` mark connection boundaries and roles; the `sched` programs keep the
+//! traced set right as processes fork, exec and exit. Uprobes on TLS libraries (`tls`) send the
+//! plaintext of encrypted connections the same way. Nothing here parses protocols: that is
+//! userspace's job.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -26,6 +27,8 @@ mod process;
 mod programs;
 #[cfg(target_arch = "bpf")]
 mod sock;
+#[cfg(target_arch = "bpf")]
+mod socket_calls;
 #[cfg(target_arch = "bpf")]
 mod tls;
 

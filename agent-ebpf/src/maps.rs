@@ -4,7 +4,7 @@
 use core::mem::MaybeUninit;
 
 use agent_common::{
-    ConnInfo, Counters, DataEvent, KernelOffsets, Settings, WAKEUP_WINDOW_NS, select,
+    ConnInfo, Counters, DataEvent, KernelOffsets, SYSCALL_NRS, Settings, WAKEUP_WINDOW_NS, select,
 };
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -88,7 +88,14 @@ pub static SETTINGS: Loaded<Settings> = Loaded::new(Settings {
     flags: 0,
     wakeup_bytes: 0,
     wakeup_window_ns: WAKEUP_WINDOW_NS,
+    syscall_nrs: [-1; SYSCALL_NRS],
 });
+
+/// The running architecture's number of the call `code` (a `syscall::*` code that moves bytes).
+#[inline(always)]
+pub fn syscall_nr(code: u8) -> i32 {
+    SETTINGS.get(|s| &s.syscall_nrs[code as usize % SYSCALL_NRS])
+}
 
 /// Processes to trace: one byte per tgid (0 untraced, else why: 1 selected by userspace, 2
 /// forked from a traced process, 3 selected by port in the kernel), eight to an element. Every
@@ -184,6 +191,10 @@ pub struct Inflight {
     /// call's slot, not one left by a call whose exit is not traced.
     pub nr: i32,
     pub _pad: u32,
+    /// The socket, when the program that saved the call had it (the socket tracepoints), else 0.
+    /// A send's end takes only a start on its own socket, and the connection cache is checked
+    /// against it instead of walking the fd table.
+    pub sk: u64,
 }
 
 /// `bpf_ringbuf_output` flag: wake the reader now.

@@ -1,12 +1,13 @@
-//! The tracepoint programs (their records and saved registers are read through `call`).
+//! The syscall tracepoints: connection boundaries (`connect`, `accept`, `close`), executable
+//! mappings, and, on kernels without the socket tracepoints (`socket_calls`), the bytes moved.
+//! Their records and saved registers are read through `call`.
 //!
-//! Receiving syscalls are read at their exit, their arguments from the registers the task saved
-//! on entry, so a read costs one program run, and the many reads that return nothing (`EAGAIN`
-//! in event loops) cost only their return-value check. A received message is timed by its
-//! arrival: the exit. A sent one is timed by when it began (a CLIENT span starts when its
-//! request starts to be written): the BTF tracepoint `tcp_sendmsg_locked` saves that time and
-//! the call's arguments for TCP sends of traced processes only, or, on kernels without it, the
-//! sending syscalls' enter tracepoints do for every call of a traced process; the exit takes
+//! Where they carry the bytes, receiving syscalls are read at their exit, their arguments from
+//! the registers the task saved on entry, so a read costs one program run, and the many reads
+//! that return nothing (`EAGAIN` in event loops) cost only their return-value check. A received
+//! message is timed by its arrival: the exit. A sent one is timed by when it began (a CLIENT
+//! span starts when its request starts to be written): the sending syscalls' enter tracepoints
+//! save that time and the call's arguments for every call of a traced process; the exit takes
 //! them back.
 
 use agent_common::{
@@ -15,8 +16,8 @@ use agent_common::{
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 
 use crate::{
@@ -73,14 +74,17 @@ fn save(
         spilled: 0,
         nr: record_nr(ctx),
         _pad: 0,
+        sk: 0,
     });
     0
 }
 
 /// Saves the start of a send of thread `pid_tgid`, syscall `nr`, with its first three
-/// arguments (descriptor, buffer, count), for the call's exit.
+/// arguments (descriptor, buffer, count), for the call's end. `sc` and `kind` are the call's
+/// code and buffer, and `sk` its socket, where the caller knows them (else 0, `BufKind::None`
+/// and 0: the exit program knows the first two).
 #[inline(always)]
-fn send_started(pid_tgid: u64, nr: i32, args: [u64; 3]) {
+pub(crate) fn send_started(pid_tgid: u64, nr: i32, args: [u64; 3], sc: u8, kind: BufKind, sk: u64) {
     let [fd, buf, count] = args;
     inflight::save(Inflight {
         owner: pid_tgid,
@@ -89,40 +93,18 @@ fn send_started(pid_tgid: u64, nr: i32, args: [u64; 3]) {
         fd: fd as i32,
         buf,
         count,
-        syscall: 0,
+        syscall: sc,
         direction: DIR_EGRESS,
-        kind: BufKind::None,
+        kind,
         spilled: 0,
         nr,
         _pad: 0,
+        sk,
     });
 }
 
-/// `tp_btf/tcp_sendmsg_locked`: a thread starts copying bytes into a TCP socket. This is where
-/// a send's start is taken, where the kernel has this tracepoint: it fires for TCP sends only,
-/// so the writes of every process to files, pipes and terminals run no program on their way
-/// in, and a BTF tracepoint skips the record the syscall tracepoints build for each call. It
-/// fires once per round of the kernel's copy loop; the first round is the start. The syscall's
-/// number and arguments come from the registers its task saved on entry.
-#[btf_tracepoint(function = "tcp_sendmsg_locked")]
-pub fn tcp_sendmsg_locked(_ctx: BtfTracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) {
-        return 0;
-    }
-    let Some(regs) = saved_regs() else {
-        return 0;
-    };
-    let nr = regs.nr();
-    if !inflight::started(pid_tgid, nr) {
-        let [fd, buf, count, _] = regs.args();
-        send_started(pid_tgid, nr, [fd, buf, count]);
-    }
-    0
-}
-
-/// `sys_enter_*` of a sending syscall, attached only where the kernel has no
-/// `tcp_sendmsg_locked` tracepoint: the start of every call of a traced process.
+/// `sys_enter_*` of a sending syscall, attached only where the kernel has no socket
+/// tracepoints: the start of every call of a traced process.
 #[inline(always)]
 fn enter_send(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -131,6 +113,9 @@ fn enter_send(ctx: &TracePointContext) -> u32 {
             pid_tgid,
             record_nr(ctx),
             [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2)],
+            0,
+            BufKind::None,
+            0,
         );
     }
     0
@@ -167,11 +152,7 @@ const MSG_PEEK: u64 = 2;
 const MSG_TRUNC: u64 = 0x20;
 
 /// Sends the bytes a finished receiving syscall moved (it has no enter program). `flags_arg` is
-/// the argument holding the call's `MSG_*` flags, if it has any: a peek (`MSG_PEEK`, as in
-/// proxies' protocol inspectors) returns bytes that a later call reads again, so it is not
-/// data, and taking it for data would put those bytes into the stream twice. Bytes discarded
-/// with `MSG_TRUNC` never reach the buffer: they are sent as a count (a gap in the stream), as
-/// the buffer holds whatever it held before.
+/// the argument holding the call's `MSG_*` flags, if it has any.
 #[inline(always)]
 fn exit_received(ctx: &TracePointContext, sc: u8, kind: BufKind, flags_arg: Option<usize>) -> u32 {
     let r = ret(ctx);
@@ -189,21 +170,42 @@ fn exit_received(ctx: &TracePointContext, sc: u8, kind: BufKind, flags_arg: Opti
     let args = regs.args();
     let [fd, buf, n, _] = args;
     let flags = flags_arg.map_or(0, |i| args[i & 3]);
+    received(pid_tgid, sc, kind, flags, [fd, buf, n], r as u64, 0);
+    0
+}
+
+/// Sends the `r` bytes thread `pid_tgid` received by call `sc`, whose arguments are `args`
+/// (descriptor, buffer, count) and `MSG_*` flags `flags`, on socket `sk` if known (else 0). A
+/// peek (`MSG_PEEK`, as in proxies' protocol inspectors) returns bytes that a later call reads
+/// again, so it is not data, and taking it for data would put those bytes into the stream
+/// twice. Bytes discarded with `MSG_TRUNC` never reach the buffer: they are sent as a count (a
+/// gap in the stream), as the buffer holds whatever it held before.
+#[inline(always)]
+pub(crate) fn received(
+    pid_tgid: u64,
+    sc: u8,
+    kind: BufKind,
+    flags: u64,
+    args: [u64; 3],
+    r: u64,
+    sk: u64,
+) {
     if flags & MSG_PEEK != 0 {
-        return 0;
+        return;
     }
     let kind = if flags & MSG_TRUNC != 0 {
         BufKind::None
     } else {
         kind
     };
+    let [fd, buf, count] = args;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let args = Inflight {
         owner: pid_tgid,
         enter_ns: now,
         buf,
-        count: n,
+        count,
         fd: fd as i32,
         syscall: sc,
         direction: DIR_INGRESS,
@@ -211,16 +213,16 @@ fn exit_received(ctx: &TracePointContext, sc: u8, kind: BufKind, flags_arg: Opti
         spilled: 0,
         nr: -1,
         _pad: 0,
+        sk,
     };
-    moved(pid_tgid, &args, r as u64, now);
-    0
+    moved(pid_tgid, &args, r, now);
 }
 
-/// Sends the `r` bytes a syscall moved, when its fd is a TCP socket whose bytes are wanted.
+/// Sends the `r` bytes a call moved, when its fd is a TCP socket whose bytes are wanted.
 #[inline(always)]
-fn moved(pid_tgid: u64, args: &Inflight, r: u64, now: u64) {
+pub(crate) fn moved(pid_tgid: u64, args: &Inflight, r: u64, now: u64) {
     let tgid = (pid_tgid >> 32) as u32;
-    let Some(conn) = lookup(tgid, args.fd) else {
+    let Some(conn) = lookup(tgid, args.fd, args.sk) else {
         count(counter::LOST_FD_LOOKUP);
         return;
     };
@@ -327,7 +329,7 @@ macro_rules! received_syscall {
 
 macro_rules! sent_syscall {
     ($enter:ident, $exit:ident, $sc:expr, $kind:expr) => {
-        #[doc = concat!("`syscalls/", stringify!($enter), "`: saves a traced process's call, its start and arguments (where `tcp_sendmsg_locked` is missing).")]
+        #[doc = concat!("`syscalls/", stringify!($enter), "`: saves a traced process's call, its start and arguments (where the socket tracepoints are missing).")]
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
             enter_send(&ctx)

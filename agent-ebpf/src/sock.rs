@@ -1,7 +1,8 @@
 //! From a file descriptor of the current task to its TCP connection: walks
 //! `task_struct → files → fdt → fd[fd] → file → socket → sock` with offsets the loader read from
-//! BTF. The result is cached in `CONNS` and revalidated against the `struct file` pointer, so a
-//! closed-and-reused fd number is never taken for the old connection.
+//! BTF. The result is cached in `CONNS` and revalidated against the `struct file` pointer (or,
+//! where the caller knows it, the socket), so a closed-and-reused fd number is never taken for
+//! the old connection.
 
 use agent_common::{AF_INET, AF_INET6, ConnInfo, OFFSET_UNKNOWN, ROLE_UNKNOWN};
 use aya_ebpf::helpers::{
@@ -76,27 +77,20 @@ pub fn resolve(file: u64, role: u8) -> ConnInfo {
     let Some(socket) = read::<u64>(file, offset!(file_private_data)) else {
         return info;
     };
+    let Some(sk) = read::<u64>(socket, offset!(socket_sk)) else {
+        return info;
+    };
+    // Kept for every socket, so that the socket tracepoints find any socket's entry by it.
+    info.sock = sk;
     let Some(sock_type) = read::<i16>(socket, offset!(socket_type)) else {
         return info;
     };
     if sock_type != SOCK_STREAM {
         return info;
     }
-    let Some(sk) = read::<u64>(socket, offset!(socket_sk)) else {
+    let Some(family) = tcp_family(sk) else {
         return info;
     };
-    let Some(family) = read::<u16>(sk, offset!(sk_family)) else {
-        return info;
-    };
-    if family != AF_INET && family != AF_INET6 {
-        return info;
-    }
-    if offset!(sk_protocol) != OFFSET_UNKNOWN {
-        match read::<u16>(sk, offset!(sk_protocol)) {
-            Some(IPPROTO_TCP) => {}
-            _ => return info,
-        }
-    }
     let base = sk as *const u8;
     // SAFETY (all reads below): probe reads of kernel memory; failures leave zeroes.
     unsafe {
@@ -121,9 +115,24 @@ pub fn resolve(file: u64, role: u8) -> ConnInfo {
     info.lport = read::<u16>(sk, offset!(sk_num)).unwrap_or(0);
     info.rport = u16::from_be(read::<u16>(sk, offset!(sk_dport)).unwrap_or(0));
     info.family = family;
-    info.sock = sk;
     info.is_tcp = 1;
     info
+}
+
+/// The address family of `sk` when it is a TCP socket over IPv4 or IPv6 (`sk_protocol` is
+/// checked where the kernel has it as a field of its own).
+#[inline(always)]
+pub fn tcp_family(sk: u64) -> Option<u16> {
+    let family = read::<u16>(sk, offset!(sk_family))?;
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    if offset!(sk_protocol) != OFFSET_UNKNOWN
+        && read::<u16>(sk, offset!(sk_protocol))? != IPPROTO_TCP
+    {
+        return None;
+    }
+    Some(family)
 }
 
 #[inline(always)]
@@ -132,16 +141,26 @@ pub fn conn_key(tgid: u32, fd: i32) -> u64 {
 }
 
 /// The cached connection for (tgid, fd), resolved afresh when the fd now points to another file.
-/// Returns `None` when the fd cannot be looked up at all.
+/// `sk` is the socket the call is on when the caller knows it (the socket tracepoints, else 0):
+/// an entry for that socket is then taken as it is, without walking the fd table, since the
+/// kernel itself found `sk` behind `fd` for this call. Returns `None` when the fd cannot be
+/// looked up at all.
 #[inline(always)]
-pub fn lookup(tgid: u32, fd: i32) -> Option<ConnInfo> {
-    let file = fd_to_file(fd)?;
+pub fn lookup(tgid: u32, fd: i32, sk: u64) -> Option<ConnInfo> {
     let key = conn_key(tgid, fd);
-    // SAFETY: plain-old-data value copied out immediately.
-    if let Some(cached) = unsafe { CONNS.get(key) }
-        && cached.file == file
+    // SAFETY: a map value, valid for this run; copied out before it is returned.
+    let cached = unsafe { CONNS.get(key) };
+    if let Some(entry) = cached
+        && sk != 0
+        && entry.sock == sk
     {
-        return Some(*cached);
+        return Some(*entry);
+    }
+    let file = fd_to_file(fd)?;
+    if let Some(entry) = cached
+        && entry.file == file
+    {
+        return Some(*entry);
     }
     let info = resolve(file, ROLE_UNKNOWN);
     let _ = CONNS.insert(key, info, 0);

@@ -147,7 +147,7 @@ pub fn on_socket_syscall(pid_tgid: u64, fd: i32, sock: u64, egress: bool) -> boo
 /// of its own, outside the return probe's (which holds a whole record header).
 #[inline(never)]
 fn still_bound(tgid: u32, fd: i32, sock: u64) -> bool {
-    match lookup(tgid, fd) {
+    match lookup(tgid, fd, 0) {
         Some(c) => c.is_tcp != 0 && c.sock == sock,
         None => false,
     }
@@ -253,7 +253,7 @@ pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
         count(counter::LOST_TLS_UNBOUND);
         return 0;
     }
-    let Some(conn) = lookup(tgid, fd) else {
+    let Some(conn) = lookup(tgid, fd, 0) else {
         count(counter::LOST_FD_LOOKUP);
         return 0;
     };
@@ -291,6 +291,7 @@ pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
         spilled: 0,
         nr: -1,
         _pad: 0,
+        sk: 0,
     };
     emit_data(&args, header, moved as u64);
     0

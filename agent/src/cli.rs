@@ -119,11 +119,10 @@ pub struct Args {
     #[arg(long)]
     pub btf: Option<PathBuf>,
 
-    /// Time sends by their syscalls' enter tracepoints even on kernels with the
-    /// tcp_sendmsg_locked BTF tracepoint (the path older kernels take; for comparisons and
-    /// tests).
+    /// Read the bytes at the syscall tracepoints even on kernels with the socket BTF
+    /// tracepoints (the path kernels before 6.3 take; for comparisons and tests).
     #[arg(long, hide = true)]
-    pub syscall_send_start: bool,
+    pub syscall_tracepoints: bool,
 
     /// Log filter for the agent's own diagnostics on stderr (RUST_LOG syntax) [default: info].
     #[arg(long, env = "AGENT_LOG")]

@@ -104,8 +104,8 @@ pub struct Config {
     pub routes: Routes,
     pub kubernetes: k8s::Options,
     pub btf: PathBuf,
-    /// `--syscall-send-start`.
-    pub syscall_send_start: bool,
+    /// `--syscall-tracepoints`.
+    pub syscall_tracepoints: bool,
     pub log: String,
 }
 
@@ -230,7 +230,7 @@ impl Config {
                 .btf
                 .or(file.btf)
                 .unwrap_or_else(|| PathBuf::from(crate::btf::VMLINUX)),
-            syscall_send_start: args.syscall_send_start,
+            syscall_tracepoints: args.syscall_tracepoints,
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
         })
     }

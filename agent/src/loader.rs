@@ -4,7 +4,7 @@
 
 use std::{path::Path, time::Duration};
 
-use agent_common::{ConnInfo, Counters, KernelOffsets, Settings, counter};
+use agent_common::{ConnInfo, Counters, KernelOffsets, SYSCALL_NRS, Settings, counter, syscall};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -21,20 +21,9 @@ use crate::{
 /// The compiled kernel programs, embedded at build time by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
 
-/// Every tracepoint program, by the name of its function and tracepoint (they are the same).
-/// Syscalls that move bytes are sent at their exit (see `agent-ebpf/src/programs.rs`): a
-/// receive's arguments come from the saved registers, a send's start and arguments from
-/// `SEND_START`.
+/// The syscall tracepoints every kernel gets (the program and the tracepoint have the same name):
+/// connection boundaries and roles, and executable mappings (TLS libraries).
 pub const TRACEPOINTS: &[&str] = &[
-    "sys_exit_read",
-    "sys_exit_write",
-    "sys_exit_readv",
-    "sys_exit_writev",
-    "sys_exit_recvfrom",
-    "sys_exit_sendto",
-    "sys_exit_recvmsg",
-    "sys_exit_sendmsg",
-    "sys_exit_sendfile64",
     "sys_enter_connect",
     "sys_exit_connect",
     "sys_enter_accept",
@@ -46,18 +35,30 @@ pub const TRACEPOINTS: &[&str] = &[
     "sys_exit_mmap",
 ];
 
-/// The BTF tracepoint where a TCP send starts (the program has its name). Only TCP sends run
-/// it, without the record a syscall tracepoint builds per call.
-pub const SEND_START: &str = "tcp_sendmsg_locked";
+/// The BTF tracepoints inside the kernel's socket calls, where the bytes are read (see
+/// `agent-ebpf/src/socket_calls.rs`; the program has the tracepoint's name). Only socket calls
+/// run them, without the record a syscall tracepoint builds per call.
+pub const SOCKET_TRACEPOINTS: &[&str] =
+    &["sock_recv_length", "tcp_sendmsg_locked", "sock_send_length"];
 
-/// Where the kernel lacks `SEND_START` (older kernels), the sending syscalls' enter
-/// tracepoints take the start of every call of a traced process instead.
-pub const SEND_ENTER_TRACEPOINTS: &[&str] = &[
+/// Where the kernel lacks `SOCKET_TRACEPOINTS` (before 6.3), the syscall tracepoints of the calls
+/// that move bytes: every such call of every process runs them. Receives are read at their exit,
+/// sends timed from their enter.
+pub const SYSCALL_IO_TRACEPOINTS: &[&str] = &[
+    "sys_exit_read",
     "sys_enter_write",
+    "sys_exit_write",
+    "sys_exit_readv",
     "sys_enter_writev",
+    "sys_exit_writev",
+    "sys_exit_recvfrom",
     "sys_enter_sendto",
+    "sys_exit_sendto",
+    "sys_exit_recvmsg",
     "sys_enter_sendmsg",
+    "sys_exit_sendmsg",
     "sys_enter_sendfile64",
+    "sys_exit_sendfile64",
 ];
 
 /// Process lifecycle tracepoints (category `sched`).
@@ -80,8 +81,8 @@ pub struct LoadOptions {
     pub select_flags: u32,
     /// The ring buffer's ride-along window (`agent_common::WAKEUP_WINDOW_NS`).
     pub wakeup_window: Duration,
-    /// Time sends by their syscalls' enter tracepoints even where `SEND_START` exists.
-    pub syscall_send_start: bool,
+    /// Read the bytes at the syscall tracepoints even where `SOCKET_TRACEPOINTS` exist.
+    pub syscall_tracepoints: bool,
 }
 
 /// The kernel's cache of traced file descriptors, through which userspace tells the kernel to
@@ -188,6 +189,7 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded> {
         flags: opts.select_flags,
         wakeup_bytes: agent_common::wakeup_bytes(opts.ring_buffer_bytes),
         wakeup_window_ns: u64::try_from(opts.wakeup_window.as_nanos()).unwrap_or(u64::MAX),
+        syscall_nrs: syscall_numbers(),
     };
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)
@@ -196,27 +198,26 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded> {
         .map_max_entries("TRACED", traced::elements())
         .load(EBPF_OBJECT)
         .map_err(explain_load_error)?;
-    let send_enters: &[&str] = if opts.syscall_send_start {
-        info!("sends timed by their syscalls' enter tracepoints (--syscall-send-start)");
-        SEND_ENTER_TRACEPOINTS
+    let io: &[&str] = if opts.syscall_tracepoints {
+        info!("bytes read at the syscall tracepoints (--syscall-tracepoints)");
+        SYSCALL_IO_TRACEPOINTS
     } else {
-        match attach_send_start(&mut ebpf) {
+        match attach_socket_tracepoints(&mut ebpf) {
             Ok(()) => {
-                debug!("sends timed by tp_btf/{SEND_START}");
+                debug!("bytes read at the socket tracepoints");
                 &[]
             }
             Err(err) => {
                 info!(
-                    "sends timed by their syscalls' enter tracepoints ({SEND_START} not \
-                     usable: {err:#})"
+                    "bytes read at the syscall tracepoints (socket tracepoints not usable: {err:#})"
                 );
-                SEND_ENTER_TRACEPOINTS
+                SYSCALL_IO_TRACEPOINTS
             }
         }
     };
     let tracepoints = TRACEPOINTS
         .iter()
-        .chain(send_enters)
+        .chain(io)
         .map(|n| ("syscalls", *n))
         .chain(SCHED_TRACEPOINTS.iter().map(|n| ("sched", *n)));
     for (category, name) in tracepoints {
@@ -237,15 +238,14 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded> {
             .attach(name)
             .with_context(|| format!("attaching raw tracepoint {name}"))?;
     }
-    // The send-start BTF tracepoint, or the enter tracepoints in its place.
-    let send_programs = if send_enters.is_empty() {
-        1
+    let io_programs = if io.is_empty() {
+        SOCKET_TRACEPOINTS.len()
     } else {
-        send_enters.len()
+        io.len()
     };
     debug!(
         programs =
-            TRACEPOINTS.len() + send_programs + SCHED_TRACEPOINTS.len() + RAW_TRACEPOINTS.len(),
+            TRACEPOINTS.len() + io_programs + SCHED_TRACEPOINTS.len() + RAW_TRACEPOINTS.len(),
         "programs attached"
     );
     let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
@@ -265,18 +265,54 @@ pub fn load(offsets: KernelOffsets, opts: &LoadOptions) -> Result<Loaded> {
     })
 }
 
-/// Loads and attaches the BTF tracepoint where TCP sends start (`SEND_START`), which needs the
-/// running kernel's own BTF and a kernel that has the tracepoint.
-fn attach_send_start(ebpf: &mut Ebpf) -> Result<()> {
+/// Loads and attaches `SOCKET_TRACEPOINTS`, which need the running kernel's own BTF and a
+/// kernel that has them all. On failure none stays attached, so that the syscall tracepoints
+/// taking their place never see the same bytes twice.
+fn attach_socket_tracepoints(ebpf: &mut Ebpf) -> Result<()> {
     let btf = Btf::from_sys_fs().context("reading the running kernel's BTF")?;
-    let program: &mut BtfTracePoint = program(ebpf, SEND_START, "BTF tracepoint")?;
-    program
-        .load(SEND_START, &btf)
-        .with_context(|| format!("the kernel refused to load {SEND_START}"))?;
-    program
-        .attach()
-        .with_context(|| format!("attaching tp_btf/{SEND_START}"))?;
-    Ok(())
+    let mut attach = || -> Result<()> {
+        for name in SOCKET_TRACEPOINTS {
+            let program: &mut BtfTracePoint = program(ebpf, name, "BTF tracepoint")?;
+            program
+                .load(name, &btf)
+                .with_context(|| format!("the kernel refused to load {name}"))?;
+            program
+                .attach()
+                .with_context(|| format!("attaching tp_btf/{name}"))?;
+        }
+        Ok(())
+    };
+    let result = attach();
+    if result.is_err() {
+        for name in SOCKET_TRACEPOINTS {
+            if let Ok(program) = program::<BtfTracePoint>(ebpf, name, "BTF tracepoint") {
+                // Unloading a program that never loaded fails harmlessly.
+                let _ = program.unload();
+            }
+        }
+    }
+    result
+}
+
+/// This architecture's numbers of the calls that move bytes, by their `agent_common::syscall`
+/// code (`Settings::syscall_nrs`): the socket tracepoints tell by them which call they run in.
+fn syscall_numbers() -> [i32; SYSCALL_NRS] {
+    let mut nrs = [-1; SYSCALL_NRS];
+    for (code, nr) in [
+        (syscall::READ, libc::SYS_read),
+        (syscall::WRITE, libc::SYS_write),
+        (syscall::READV, libc::SYS_readv),
+        (syscall::WRITEV, libc::SYS_writev),
+        (syscall::RECVFROM, libc::SYS_recvfrom),
+        (syscall::SENDTO, libc::SYS_sendto),
+        (syscall::RECVMSG, libc::SYS_recvmsg),
+        (syscall::SENDMSG, libc::SYS_sendmsg),
+        (syscall::SENDFILE, libc::SYS_sendfile),
+    ] {
+        // Syscall numbers are small: all of these are below 300 on every architecture.
+        nrs[usize::from(code)] = nr as i32;
+    }
+    nrs
 }
 
 /// The program `name` of the object, as the `kind` of program `P` it must be.
@@ -336,4 +372,31 @@ pub fn offsets(path: &Path) -> Result<KernelOffsets> {
             path.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every call that moves bytes has its own number, and nothing else has one: the socket
+    /// tracepoints would otherwise read a buffer the wrong way, or take no call for a known one.
+    #[test]
+    fn each_call_that_moves_bytes_has_a_distinct_number() {
+        let nrs = syscall_numbers();
+        assert_eq!(nrs[0], -1, "index 0 is no call");
+        let known = &nrs[usize::from(syscall::READ)..=usize::from(syscall::SENDFILE)];
+        assert!(known.iter().all(|&n| n >= 0), "{nrs:?}");
+        let mut sorted = known.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), known.len(), "{nrs:?}");
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            (
+                nrs[usize::from(syscall::READ)],
+                nrs[usize::from(syscall::RECVFROM)]
+            ),
+            (0, 45)
+        );
+    }
 }

@@ -194,7 +194,7 @@ pub async fn run(config: Config) -> Result<()> {
             ring_buffer_bytes: config.ring_buffer_mib * 1024 * 1024,
             select_flags: config.selection.kernel_flags(cgroup_v2.is_some()),
             wakeup_window,
-            syscall_send_start: config.syscall_send_start,
+            syscall_tracepoints: config.syscall_tracepoints,
         },
     )?;
     let pods = k8s::start(&config.kubernetes).await?;
@@ -302,7 +302,8 @@ fn log_losses(stats: &Stats) {
     let lost = k(counter::LOST_RINGBUF_FULL)
         + k(counter::LOST_INFLIGHT_FULL)
         + k(counter::LOST_FD_LOOKUP)
-        + k(counter::LOST_SYSCALL_ARGS);
+        + k(counter::LOST_SYSCALL_ARGS)
+        + k(counter::LOST_OTHER_CALL);
     if lost > 0 {
         warn!(
             lost,

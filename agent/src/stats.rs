@@ -191,5 +191,6 @@ pub fn kernel_counter_names() -> [&'static str; counter::COUNT as usize] {
         "kernel_lost_tls_unbound",
         "kernel_lost_tls_args",
         "kernel_lost_syscall_args",
+        "kernel_lost_other_call",
     ]
 }

@@ -222,9 +222,8 @@ impl Default for Cert {
     }
 }
 
-/// nginx serving HTTPS, HTTP/1.1 or HTTP/2 by ALPN (and a plain `return` for `/missing`) on a
-/// free port, in the foreground
-/// (`daemon off`: the master is this process, its worker a child).
+/// nginx on a free port, in the foreground (`daemon off`: the master is this process, its
+/// worker a child), serving the files of its directory (and a plain `return` for `/missing`).
 pub struct Nginx {
     pub port: u16,
     pub server: Proc,
@@ -232,20 +231,36 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// HTTPS, HTTP/1.1 or HTTP/2 by ALPN; `/index.html` holds a line.
     pub fn start_tls(cert: &Cert) -> Self {
+        let listen = format!(
+            "ssl http2;\n    ssl_certificate {c};\n    ssl_certificate_key {k}",
+            c = cert.cert.display(),
+            k = cert.key.display(),
+        );
+        Self::start(&listen, &[("index.html", b"hello from nginx\n")])
+    }
+
+    /// Plain HTTP/1.1 with `sendfile on`: static files go out by `sendfile(2)`, their bytes
+    /// never in the worker's memory. `files` are (name, contents).
+    pub fn start_plain(files: &[(&str, &[u8])]) -> Self {
+        Self::start("", files)
+    }
+
+    fn start(listen: &str, files: &[(&str, &[u8])]) -> Self {
         let dir = TempDir::new("nginx");
         let port = free_port();
-        std::fs::write(dir.0.join("index.html"), "hello from nginx\n").expect("index");
+        for (name, contents) in files {
+            std::fs::write(dir.0.join(name), contents).expect("nginx file");
+        }
         let conf = format!(
             "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  \
-             fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n  \
-             server {{\n    listen 127.0.0.1:{port} ssl http2;\n    ssl_certificate {c};\n    \
-             ssl_certificate_key {k};\n    root {d};\n    location /missing {{ return 404; }}\n  }}\n}}\n",
+             http {{\n  access_log off;\n  sendfile on;\n  client_body_temp_path {d};\n  \
+             proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  \
+             scgi_temp_path {d};\n  server {{\n    listen 127.0.0.1:{port} {listen};\n    \
+             root {d};\n    location /missing {{ return 404; }}\n  }}\n}}\n",
             d = dir.0.display(),
-            c = cert.cert.display(),
-            k = cert.key.display(),
         );
         let conf_path = dir.0.join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("nginx.conf");

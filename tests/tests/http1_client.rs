@@ -11,20 +11,20 @@ const CLIENT: i32 = 3;
 fn python_client_spans() {
     let stderr = python_client_spans_with(&[]);
     assert!(
-        !stderr.iter().any(|l| l.contains("enter tracepoints")),
-        "this kernel has tcp_sendmsg_locked: sends are timed there: {stderr:#?}"
+        !stderr.iter().any(|l| l.contains("syscall tracepoints")),
+        "this kernel has the socket tracepoints: bytes are read there: {stderr:#?}"
     );
 }
 
-/// The same, with sends timed by their syscalls' enter tracepoints: what kernels without the
-/// `tcp_sendmsg_locked` tracepoint run.
+/// The same, with the bytes read at the syscall tracepoints: what kernels without the socket
+/// tracepoints (before 6.3) run.
 #[test]
-fn python_client_spans_timed_by_syscall_enters() {
-    let stderr = python_client_spans_with(&["--syscall-send-start"]);
+fn python_client_spans_read_at_syscalls() {
+    let stderr = python_client_spans_with(&["--syscall-tracepoints"]);
     assert!(
         stderr
             .iter()
-            .any(|l| l.contains("sends timed by their syscalls' enter tracepoints")),
+            .any(|l| l.contains("bytes read at the syscall tracepoints")),
         "{stderr:#?}"
     );
 }

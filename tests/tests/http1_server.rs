@@ -6,6 +6,7 @@ use std::process::Command;
 use agent_e2e::{
     Agent, Call, Proc, curl, free_port, peer,
     receiver::{Receiver, RecvSpan},
+    servers::Nginx,
     wait_port,
 };
 
@@ -78,8 +79,13 @@ fn check_server_span<'a>(spans: &'a [RecvSpan], call: &Call, port: u16) -> &'a R
 }
 
 /// The Python test server on a free port (`py_server.py` with `extra` arguments), traced by an
-/// agent exporting over gRPC: its port, the server, the receiver and the agent.
-fn traced_python_server(extra: &[&str], env: &[(&str, &str)]) -> (u16, Proc, Receiver, Agent) {
+/// agent (with `agent_extra` arguments) exporting over gRPC: its port, the server, the receiver
+/// and the agent.
+fn traced_python_server(
+    extra: &[&str],
+    env: &[(&str, &str)],
+    agent_extra: &[&str],
+) -> (u16, Proc, Receiver, Agent) {
     let port = free_port();
     let server = Proc::spawn(
         Command::new("python3")
@@ -90,16 +96,16 @@ fn traced_python_server(extra: &[&str], env: &[(&str, &str)]) -> (u16, Proc, Rec
     );
     wait_port(port);
     let rx = Receiver::grpc();
-    let agent = Agent::start(
-        &rx.agent_args(server.pid()),
-        &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
-    );
+    let mut args = rx.agent_args(server.pid());
+    args.extend(agent_extra.iter().map(|a| a.to_string()));
+    let agent = Agent::start(&args, &[("OTEL_BSP_SCHEDULE_DELAY", "200")]);
     (port, server, rx, agent)
 }
 
 #[test]
 fn python_server_spans_over_grpc() {
-    let (port, server, rx, agent) = traced_python_server(&[], &[("OTEL_SERVICE_NAME", "py-shop")]);
+    let (port, server, rx, agent) =
+        traced_python_server(&[], &[("OTEL_SERVICE_NAME", "py-shop")], &[]);
 
     let base = format!("http://127.0.0.1:{port}");
     let calls = [
@@ -248,7 +254,18 @@ fn node_server_spans_over_http_protobuf_with_keep_alive() {
 /// again later, so they must not enter the stream twice.
 #[test]
 fn peeked_bytes_are_not_taken_for_data() {
-    let (port, _server, rx, agent) = traced_python_server(&["--peek"], &[]);
+    peeked_bytes_with(&[]);
+}
+
+/// The same with the bytes read at the syscall tracepoints (kernels before 6.3), where the
+/// flags come from the call's arguments rather than from the socket tracepoint.
+#[test]
+fn peeked_bytes_are_not_taken_for_data_at_syscalls() {
+    peeked_bytes_with(&["--syscall-tracepoints"]);
+}
+
+fn peeked_bytes_with(agent_extra: &[&str]) {
+    let (port, _server, rx, agent) = traced_python_server(&["--peek"], &[], agent_extra);
 
     let base = format!("http://127.0.0.1:{port}");
     let first = curl(&format!("{base}/hello?peeked=1"), &[]);
@@ -289,6 +306,76 @@ fn peeked_bytes_are_not_taken_for_data() {
             ("GET /missing", "peeked=4", "404"),
             ("POST /echo", "peeked=2", "201"),
         ]
+    );
+    for lost in ["http_resyncs", "requests_unanswered", "responses_unpaired"] {
+        assert!(!stderr.iter().any(|l| l.contains(lost)), "{stderr:#?}");
+    }
+}
+
+/// nginx sending static files with `sendfile(2)` (their bytes go from the page cache to the
+/// socket, never through the worker's memory: the agent sees only their count), several on one
+/// keep-alive connection, one larger than a round of the kernel's splice: each response is
+/// paired with its request and its body measured.
+#[test]
+fn nginx_static_files_by_sendfile() {
+    nginx_sendfile_with(&[]);
+}
+
+/// The same with the bytes read at the syscall tracepoints (kernels before 6.3), where a
+/// `sendfile` is one record rather than one per round.
+#[test]
+fn nginx_static_files_by_sendfile_at_syscalls() {
+    nginx_sendfile_with(&["--syscall-tracepoints"]);
+}
+
+fn nginx_sendfile_with(agent_extra: &[&str]) {
+    let big = vec![b'x'; 300_000];
+    let nginx = Nginx::start_plain(&[("small.txt", b"hello\n"), ("big.bin", &big)]);
+    let rx = Receiver::grpc();
+    let mut args = rx.agent_args(nginx.server.pid());
+    args.extend(agent_extra.iter().map(|a| a.to_string()));
+    let agent = Agent::start(&args, &[("OTEL_BSP_SCHEDULE_DELAY", "200")]);
+
+    let base = format!("http://127.0.0.1:{}", nginx.port);
+    let paths = ["/big.bin", "/small.txt", "/missing", "/small.txt?again=1"];
+    let out = Command::new("curl")
+        .arg("-s")
+        .args(paths.iter().flat_map(|_| ["-o", "/dev/null"]))
+        .args(paths.iter().map(|p| format!("{base}{p}")))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "{out:?}");
+
+    let spans = rx.settle(paths.len());
+    let (_, stderr) = agent.stop();
+    assert_eq!(spans.len(), paths.len(), "one span per request: {spans:#?}");
+    let mut seen: Vec<_> = spans
+        .iter()
+        .map(|s| {
+            let status = s.attr("http.response.status_code").unwrap_or("");
+            let size = if status == "200" {
+                s.attr("http.response.body.size").unwrap_or("")
+            } else {
+                "-"
+            };
+            (
+                s.name.as_str(),
+                s.attr("url.query").unwrap_or(""),
+                status,
+                size,
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("GET /big.bin", "", "200", "300000"),
+            ("GET /missing", "", "404", "-"),
+            ("GET /small.txt", "", "200", "6"),
+            ("GET /small.txt", "again=1", "200", "6"),
+        ],
+        "{spans:#?}"
     );
     for lost in ["http_resyncs", "requests_unanswered", "responses_unpaired"] {
         assert!(!stderr.iter().any(|l| l.contains(lost)), "{stderr:#?}");
