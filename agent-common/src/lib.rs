@@ -168,8 +168,8 @@ pub mod counter {
     pub const LOST_TLS_ARGS: u32 = 10;
     /// Receives whose call's arguments could not be read from the task's saved registers.
     pub const LOST_SYSCALL_ARGS: u32 = 11;
-    /// Bytes a traced process received on a TCP connection through a call the agent does not
-    /// read (`recvmmsg`, `io_uring`): a gap in that connection's stream.
+    /// Bytes a traced process moved on a TCP connection through a call the agent does not read
+    /// (`recvmmsg`, `sendmmsg`, `io_uring`): a gap in that connection's stream.
     pub const LOST_OTHER_CALL: u32 = 12;
     /// Number of counters.
     pub const COUNT: u32 = 13;

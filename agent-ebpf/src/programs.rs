@@ -29,7 +29,7 @@ use crate::{
     },
     payload::{emit_data, emit_header},
     process,
-    sock::{conn_key, establish, fd_to_file, lookup, resolve},
+    sock::{conn_key, establish, fd_to_file, lookup, other_call, resolve},
     tls,
 };
 
@@ -226,6 +226,13 @@ pub(crate) fn moved(pid_tgid: u64, args: &Inflight, r: u64, now: u64) {
         count(counter::LOST_FD_LOOKUP);
         return;
     };
+    // The socket tracepoints know the socket: a descriptor that is another one (the registers
+    // of a call that took no descriptor, as in an `io_uring` worker, or an fd replaced while the
+    // call ran) must not lend these bytes to that other connection.
+    if args.sk != 0 && conn.sock != args.sk {
+        other_call(args.sk);
+        return;
+    }
     if conn.is_tcp == 0 {
         return;
     }

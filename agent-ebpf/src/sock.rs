@@ -4,12 +4,12 @@
 //! where the caller knows it, the socket), so a closed-and-reused fd number is never taken for
 //! the old connection.
 
-use agent_common::{AF_INET, AF_INET6, ConnInfo, OFFSET_UNKNOWN, ROLE_UNKNOWN};
+use agent_common::{AF_INET, AF_INET6, ConnInfo, OFFSET_UNKNOWN, ROLE_UNKNOWN, counter};
 use aya_ebpf::helpers::{
     bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
 };
 
-use crate::maps::{CONNS, offset};
+use crate::maps::{CONNS, count, offset};
 
 const S_IFMT: u16 = 0o170_000;
 const S_IFSOCK: u16 = 0o140_000;
@@ -133,6 +133,15 @@ pub fn tcp_family(sk: u64) -> Option<u16> {
         return None;
     }
     Some(family)
+}
+
+/// Bytes moved on socket `sk` by a call the agent does not read (`recvmmsg`, `sendmmsg`,
+/// `io_uring`): when `sk` is a TCP socket, a gap in that stream, counted.
+#[inline(always)]
+pub fn other_call(sk: u64) {
+    if tcp_family(sk).is_some() {
+        count(counter::LOST_OTHER_CALL);
+    }
 }
 
 #[inline(always)]

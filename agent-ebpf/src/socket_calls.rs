@@ -27,7 +27,7 @@ use crate::{
     inflight,
     maps::{BufKind, count, is_traced, syscall_nr},
     programs::{moved, received, send_started},
-    sock::tcp_family,
+    sock::other_call,
 };
 
 /// The receiving call that syscall `nr` is, with where its buffer is.
@@ -62,15 +62,6 @@ fn send_of(nr: i32) -> Option<(u8, BufKind)> {
         Some((syscall::SENDFILE, BufKind::None))
     } else {
         None
-    }
-}
-
-/// Bytes of a TCP connection moved by a call the agent does not read (`recvmmsg`,
-/// `sendmmsg`, `io_uring`): a gap in that stream, counted.
-#[inline(always)]
-fn other_call(sk: u64) {
-    if tcp_family(sk).is_some() {
-        count(counter::LOST_OTHER_CALL);
     }
 }
 
