@@ -54,9 +54,28 @@ class PeekingServer(ThreadingHTTPServer):
         super().finish_request(request, client_address)
 
 
+class DiscardingHandler(Handler):
+    """Reads each head unbuffered (a byte a call, so no body bytes wait in a buffer) and throws
+    each POST body away in the kernel with MSG_TRUNC: the bytes are taken from the socket and
+    never copied to the process."""
+
+    rbufsize = 0
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        got = 0
+        while got < n:
+            discarded = len(self.connection.recv(n - got, socket.MSG_TRUNC))
+            if discarded == 0:
+                return
+            got += discarded
+        self._send(201, b"discarded %d" % n)
+
+
 if __name__ == "__main__":
     server_class = PeekingServer if "--peek" in sys.argv[2:] else ThreadingHTTPServer
-    server = server_class(("127.0.0.1", int(sys.argv[1])), Handler)
+    handler = DiscardingHandler if "--discard-bodies" in sys.argv[2:] else Handler
+    server = server_class(("127.0.0.1", int(sys.argv[1])), handler)
     server.daemon_threads = True
     print("ready", flush=True)
     server.serve_forever()

@@ -312,6 +312,64 @@ fn peeked_bytes_with(agent_extra: &[&str]) {
     }
 }
 
+/// A server that throws request bodies away in the kernel (`recv` with `MSG_TRUNC`: the bytes
+/// leave the socket without reaching the process), between heads read a byte a call: the
+/// agent sees each body as a gap of known size, and the requests after it stay in step.
+#[test]
+fn bodies_discarded_by_msg_trunc_are_gaps() {
+    discarded_bodies_with(&[]);
+}
+
+/// The same with the bytes read at the syscall tracepoints (kernels before 6.3).
+#[test]
+fn bodies_discarded_by_msg_trunc_are_gaps_at_syscalls() {
+    discarded_bodies_with(&["--syscall-tracepoints"]);
+}
+
+fn discarded_bodies_with(agent_extra: &[&str]) {
+    let (port, _server, rx, agent) = traced_python_server(&["--discard-bodies"], &[], agent_extra);
+    let base = format!("http://127.0.0.1:{port}");
+    let body = "b".repeat(3000);
+    // Two bodies and a GET on one keep-alive connection.
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-d", &body])
+        .arg(format!("{base}/echo?n=1"))
+        .args(["--next", "-s", "-o", "/dev/null", "-d", &body])
+        .arg(format!("{base}/echo?n=2"))
+        .args(["--next", "-s", "-o", "/dev/null"])
+        .arg(format!("{base}/hello?n=3"))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "{out:?}");
+
+    let spans = rx.settle(3);
+    let (_, stderr) = agent.stop();
+    let mut seen: Vec<_> = spans
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.attr("url.query").unwrap_or(""),
+                s.attr("http.response.status_code").unwrap_or(""),
+                s.attr("http.request.body.size").unwrap_or("-"),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("GET /hello", "n=3", "200", "0"),
+            ("POST /echo", "n=1", "201", "3000"),
+            ("POST /echo", "n=2", "201", "3000"),
+        ],
+        "{spans:#?}"
+    );
+    for lost in ["http_resyncs", "requests_unanswered", "responses_unpaired"] {
+        assert!(!stderr.iter().any(|l| l.contains(lost)), "{stderr:#?}");
+    }
+}
+
 /// nginx sending static files with `sendfile(2)` (their bytes go from the page cache to the
 /// socket, never through the worker's memory: the agent sees only their count), several on one
 /// keep-alive connection, one larger than a round of the kernel's splice: each response is
