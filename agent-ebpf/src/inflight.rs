@@ -1,7 +1,9 @@
-//! A syscall's arguments from its enter to its exit tracepoint, in the calling thread's
-//! `INFLIGHT` slot. The exit tracepoint of every thread on the host looks at its slot, so the
-//! common miss is one inlined array load; only threads that shared a slot with a live call
-//! (hosts whose `pid_max` exceeds `INFLIGHT_SLOTS`) go through the `INFLIGHT_SPILL` hash map.
+//! A call's start and arguments from the program that sees it begin (a syscall's enter, or
+//! `tcp_sendmsg_locked`) to the one that sees it end (its exit, or `sock_send_length`), in the
+//! calling thread's `INFLIGHT` slot. The end program of every thread on the host looks at its
+//! slot, so the common miss is one inlined array load; only threads that shared a slot with a
+//! live call (hosts whose `pid_max` exceeds `INFLIGHT_SLOTS`) go through the `INFLIGHT_SPILL`
+//! hash map.
 
 use agent_common::counter;
 
@@ -67,16 +69,18 @@ pub fn save(args: Inflight) {
     slot.owner = pid_tgid;
 }
 
-/// Whether thread `pid_tgid` has a saved call of syscall `nr` already: a TCP send reports its
-/// start once per round of its copy loop, and the first round is when the call began.
+/// Whether thread `pid_tgid` has a saved call of syscall `nr` on socket `sk` already: a TCP
+/// send reports its start once per round of its copy loop, and the first round is when the call
+/// began. (A start left by a call that never ended is on another socket or of another call,
+/// most likely, and is overwritten.)
 #[inline(always)]
-pub fn started(pid_tgid: u64, nr: i32) -> bool {
+pub fn started(pid_tgid: u64, nr: i32, sk: u64) -> bool {
     let Some(slot) = slot(pid_tgid) else {
         return false;
     };
     // SAFETY: as in `save`; a read of this thread's own slot.
     let slot = unsafe { &*slot };
-    slot.owner == pid_tgid && slot.nr == nr
+    slot.owner == pid_tgid && slot.nr == nr && slot.sk == sk
 }
 
 /// Takes the call this thread saved, or `NONE`.

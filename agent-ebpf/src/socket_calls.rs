@@ -105,12 +105,13 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> u32 {
         return 0;
     };
     let nr = regs.nr();
-    if inflight::started(pid_tgid, nr) {
+    let sk: u64 = ctx.arg(0);
+    if inflight::started(pid_tgid, nr, sk) {
         return 0;
     }
     let (sc, kind) = send_of(nr).unwrap_or((0, BufKind::None));
     let [fd, buf, count, _] = regs.args();
-    send_started(pid_tgid, nr, [fd, buf, count], sc, kind, ctx.arg(0));
+    send_started(pid_tgid, nr, [fd, buf, count], sc, kind, sk);
     0
 }
 
