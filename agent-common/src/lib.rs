@@ -166,7 +166,8 @@ pub mod counter {
     pub const LOST_TLS_UNBOUND: u32 = 9;
     /// TLS reads or writes whose saved arguments were lost (uprobe map full).
     pub const LOST_TLS_ARGS: u32 = 10;
-    /// Receives whose call's arguments could not be read from the task's saved registers.
+    /// Receives and sends whose call's arguments could not be read from the task's saved
+    /// registers.
     pub const LOST_SYSCALL_ARGS: u32 = 11;
     /// Bytes a traced process moved on a TCP connection through a call the agent does not read
     /// (`recvmmsg`, `sendmmsg`, `io_uring`): a gap in that connection's stream.

@@ -102,6 +102,7 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let Some(regs) = saved_regs() else {
+        count(counter::LOST_SYSCALL_ARGS);
         return 0;
     };
     let nr = regs.nr();
