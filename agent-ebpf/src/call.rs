@@ -4,13 +4,14 @@
 //! 16), and the registers its task saved on entry, which any program running inside the call can
 //! read (the BTF tracepoint where a TCP send starts, and exits that have no enter program).
 
+use agent_common::counter;
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_task_pt_regs},
     programs::TracePointContext,
 };
 
-use crate::maps::offset;
+use crate::maps::{count, is_traced, offset};
 
 /// Argument `n` of a `sys_enter_*` record. A direct load from the context, which the verifier
 /// checks once at load time (a `bpf_probe_read` per argument cost a helper call each).
@@ -69,7 +70,7 @@ impl SavedRegs {
 
 /// The current task's saved registers (`None` only if the helper finds none).
 #[inline(always)]
-pub fn saved_regs() -> Option<SavedRegs> {
+fn saved_regs() -> Option<SavedRegs> {
     // SAFETY: the helpers return the current task and its saved user registers.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
     if regs.is_null() {
@@ -77,4 +78,19 @@ pub fn saved_regs() -> Option<SavedRegs> {
     } else {
         Some(SavedRegs(regs))
     }
+}
+
+/// The current thread (its `pid_tgid`) and the registers its call saved, when its process is
+/// traced. Registers that cannot be read lose the call's bytes, counted (`LOST_SYSCALL_ARGS`).
+#[inline(always)]
+pub fn traced_call() -> Option<(u64, SavedRegs)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_traced((pid_tgid >> 32) as u32) {
+        return None;
+    }
+    let Some(regs) = saved_regs() else {
+        count(counter::LOST_SYSCALL_ARGS);
+        return None;
+    };
+    Some((pid_tgid, regs))
 }

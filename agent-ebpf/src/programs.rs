@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    call::{arg, record_nr, ret, saved_regs},
+    call::{arg, record_nr, ret, traced_call},
     inflight,
     maps::{
         BY_PORT, BufKind, CONNS, Inflight, count, is_selected_port, is_traced, may_select_by_port,
@@ -159,12 +159,7 @@ fn exit_received(ctx: &TracePointContext, sc: u8, kind: BufKind, flags_arg: Opti
     if r <= 0 {
         return 0;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) {
-        return 0;
-    }
-    let Some(regs) = saved_regs() else {
-        count(counter::LOST_SYSCALL_ARGS);
+    let Some((pid_tgid, regs)) = traced_call() else {
         return 0;
     };
     let args = regs.args();

@@ -8,7 +8,7 @@
 //! program at all, a BTF tracepoint skips the record the syscall tracepoints build for each
 //! call, and the socket given to the program stands in for the walk of the fd table. Which call
 //! the bytes came through (and so where its buffer is) is told by the syscall number the task
-//! saved on entry, with its arguments (`call::saved_regs`).
+//! saved on entry, with its arguments (`call::traced_call`).
 //!
 //! A received message is timed by its arrival: the end of the receive. A sent one is timed by
 //! when it began (a CLIENT span starts when its request starts to be written): the first round of
@@ -23,9 +23,9 @@ use aya_ebpf::{
 };
 
 use crate::{
-    call::saved_regs,
+    call::traced_call,
     inflight,
-    maps::{BufKind, count, is_traced, syscall_nr},
+    maps::{BufKind, count, syscall_nr},
     programs::{moved, received, send_started},
     sock::other_call,
 };
@@ -72,15 +72,10 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
     if r <= 0 {
         return 0;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) {
-        return 0;
-    }
-    let sk: u64 = ctx.arg(0);
-    let Some(regs) = saved_regs() else {
-        count(counter::LOST_SYSCALL_ARGS);
+    let Some((pid_tgid, regs)) = traced_call() else {
         return 0;
     };
+    let sk: u64 = ctx.arg(0);
     let Some((sc, kind)) = receive_of(regs.nr()) else {
         other_call(sk);
         return 0;
@@ -97,12 +92,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
 /// that its end is counted, once.
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_traced((pid_tgid >> 32) as u32) {
-        return 0;
-    }
-    let Some(regs) = saved_regs() else {
-        count(counter::LOST_SYSCALL_ARGS);
+    let Some((pid_tgid, regs)) = traced_call() else {
         return 0;
     };
     let nr = regs.nr();
