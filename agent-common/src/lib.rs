@@ -197,14 +197,16 @@ pub mod select {
 }
 
 /// What the kernel knows about one socket fd of a traced process. Cached per (tgid, fd) in an
-/// LRU map and validated against the `struct file` the fd points to, so a reused fd number is
-/// never mistaken for the old connection.
+/// LRU map and validated against the `struct file` the fd points to (or, by the socket
+/// tracepoints, against the socket the call is on), so a reused fd number is never mistaken for
+/// the old connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnInfo {
     /// `struct file *` the fd pointed to when this entry was made.
     pub file: u64,
-    /// `struct sock *`: identifies the connection for its whole life; 0 when not a TCP socket.
+    /// `struct sock *`: identifies the connection for its whole life; set for every socket, 0
+    /// when the fd is not one.
     pub sock: u64,
     /// Local address (IPv4 in the first 4 bytes, or IPv6).
     pub laddr: [u8; 16],

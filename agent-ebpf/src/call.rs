@@ -2,7 +2,7 @@
 //! the layout of `struct syscall_trace_enter/exit` is the same on every kernel: the number at
 //! byte 8, arguments from byte 16, 8 bytes each, and the return value of `sys_exit_*` at byte
 //! 16), and the registers its task saved on entry, which any program running inside the call can
-//! read (the BTF tracepoint where a TCP send starts, and exits that have no enter program).
+//! read (the socket tracepoints, and exits that have no enter program).
 
 use agent_common::counter;
 use aya_ebpf::{
